@@ -1,0 +1,62 @@
+// Owns the HTTP application: middleware (request id, safe headers, metrics and
+// the per-request log line), the route groups, and the one place where errors
+// become problem responses.
+import { Hono } from 'hono';
+import { requestId } from 'hono/request-id';
+import { routePath } from 'hono/route';
+import { secureHeaders } from 'hono/secure-headers';
+import type { Catalog } from '../stores/catalog.js';
+import type { Database } from '../stores/database.js';
+import type { HotTier } from '../stores/hot-tier.js';
+import { StoreUnavailableError, type FeatureReader } from '../stores/reader.js';
+import type { Logger } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import { featureRoutes } from './features.js';
+import { operationRoutes } from './operations.js';
+import { ApiError, problemResponse } from './problem.js';
+
+export interface AppDeps {
+  readonly catalog: Catalog;
+  readonly reader: FeatureReader;
+  readonly db: Database;
+  readonly hot: HotTier | null;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly batchMaxIds: number;
+  readonly openapiYaml: string;
+}
+
+export function createApp(deps: AppDeps): Hono {
+  const app = new Hono();
+  const { metrics, log } = deps;
+
+  app.use(requestId({ headerName: 'Request-Id', limitLength: 64 }));
+  app.use(secureHeaders({ crossOriginResourcePolicy: 'same-site', xFrameOptions: 'DENY' }));
+  app.use(async (c, next) => {
+    const start = performance.now();
+    await next();
+    const seconds = (performance.now() - start) / 1000;
+    // The last matched route is the handler's template; only middleware matched means no route did.
+    const last = routePath(c, -1);
+    const route = last === '/*' || last === '*' ? 'unmatched' : last;
+    metrics.requestDuration.observe({ http_request_method: c.req.method, http_route: route, http_response_status_code: String(c.res.status) }, seconds);
+    const fields = { request_id: c.get('requestId'), method: c.req.method, route, status: c.res.status, duration_ms: Math.round(seconds * 1e5) / 100, tier: c.res.headers.get('Feature-Tier') ?? undefined };
+    if (c.res.status >= 500) log.warn('http.request', fields);
+    else log.debug('http.request', fields);
+  });
+
+  app.route('/features/v1', featureRoutes(deps));
+  app.route('/', operationRoutes(deps));
+
+  app.notFound((c) => problemResponse(c, new ApiError('not-found', `no route for ${c.req.method} ${c.req.path}; see /openapi.yaml`)));
+  app.onError((error, c) => {
+    if (error instanceof ApiError) return problemResponse(c, error);
+    if (error instanceof StoreUnavailableError) {
+      log.error('http.store_unavailable', { request_id: c.get('requestId'), error });
+      return problemResponse(c, new ApiError('store-unavailable', 'the feature stores did not answer; retry shortly', {}, { 'Retry-After': '1' }));
+    }
+    log.error('http.unhandled', { request_id: c.get('requestId'), path: c.req.path, error });
+    return problemResponse(c, new ApiError('internal', 'an unexpected error occurred; it has been logged with this request id', { request_id: c.get('requestId') }));
+  });
+  return app;
+}

@@ -1,0 +1,227 @@
+// Owns the feature routes: GET /features/v1/{entity_id} and POST
+// /features/v1/batch. Validation first, then one read through the
+// FeatureReader, then the body with its freshness metadata.
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { z } from 'zod';
+import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
+import type { Catalog, ServedVersion, ServedView } from '../stores/catalog.js';
+import { VersionGoneError, type FeatureReader, type FeatureRow, type ReadResult } from '../stores/reader.js';
+import type { Metrics } from '../observability/metrics.js';
+import { entityTag, freshnessHeaders, freshnessOf, matchesIfNoneMatch } from './freshness.js';
+import { ApiError } from './problem.js';
+
+export interface FeatureRouteDeps {
+  readonly catalog: Catalog;
+  readonly reader: FeatureReader;
+  readonly metrics: Metrics;
+  readonly batchMaxIds: number;
+}
+
+const entityIdRegex = new RegExp(ENTITY_ID_PATTERN);
+
+export function checkEntityId(id: unknown, where: string): string {
+  if (typeof id !== 'string' || !entityIdRegex.test(id)) {
+    const shown = typeof id === 'string' ? JSON.stringify(id.length > 40 ? `${id.slice(0, 40)}…` : id) : typeof id;
+    throw new ApiError('invalid-entity-id', `${where} ${shown} is not a valid entity id: expected 1 to 128 characters of letters, digits and _ . : @ - (not starting with . : @ -)`);
+  }
+  return id;
+}
+
+function viewNames(catalog: Catalog): string {
+  return catalog
+    .list()
+    .map((v) => v.job.view)
+    .join(', ');
+}
+
+function requireView(catalog: Catalog, name: string): ServedView {
+  const view = catalog.get(name);
+  if (!view) throw new ApiError('unknown-view', `there is no view "${name}"; views: ${viewNames(catalog)}`);
+  return view;
+}
+
+function requireVersion(view: ServedView): ServedVersion {
+  if (!view.current) {
+    throw new ApiError('view-not-ready', `view "${view.job.view}" has no published version yet; its first sync has not succeeded`, {}, { 'Retry-After': '5' });
+  }
+  return view.current;
+}
+
+/** Positions of the requested features, or null for all of them. */
+function selectFeatures(version: ServedVersion, names: readonly string[] | undefined): { names: string[]; indexes: number[] } | null {
+  if (names === undefined) return null;
+  const unique = [...new Set(names)];
+  if (unique.length === 0 || unique.some((n) => n === '')) throw new ApiError('invalid-request', 'features must name at least one feature, separated by commas');
+  const unknown = unique.filter((n) => !version.featureIndex.has(n));
+  if (unknown.length) {
+    throw new ApiError('unknown-feature', `view "${version.view}" has no feature ${unknown.map((n) => `"${n}"`).join(', ')}; features: ${[...version.featureIndex.keys()].join(', ')}`);
+  }
+  return { names: unique, indexes: unique.map((n) => version.featureIndex.get(n)!) };
+}
+
+function featureObject(version: ServedVersion, row: FeatureRow, selection: { names: string[]; indexes: number[] } | null): Record<string, unknown> {
+  const features: Record<string, unknown> = {};
+  if (selection) selection.names.forEach((name, i) => (features[name] = row.values[selection.indexes[i]!] ?? null));
+  else version.features.forEach((f, i) => (features[f.name] = row.values[i] ?? null));
+  return features;
+}
+
+export function featureRoutes(deps: FeatureRouteDeps): Hono {
+  const { catalog, reader, metrics } = deps;
+  const app = new Hono();
+
+  /** Reads one version; if it was reclaimed under us, follows the catalog to the current one once. */
+  async function read(view: ServedView, ids: readonly string[]): Promise<{ version: ServedVersion; result: ReadResult }> {
+    let version = requireVersion(view);
+    let result: ReadResult;
+    try {
+      result = await reader.read(version, ids);
+    } catch (error) {
+      if (!(error instanceof VersionGoneError)) throw error;
+      await catalog.refresh();
+      version = requireVersion(catalog.get(view.job.view)!);
+      result = await reader.read(version, ids);
+    }
+    metrics.lookupsByTier.inc({ view: view.job.view, tier: result.tier }, ids.length);
+    return { version, result };
+  }
+
+  /** Without ?view=, the one view that holds the entity (or the only view there is). */
+  async function resolveView(entityId: string): Promise<{ view: ServedView; version: ServedVersion; row: FeatureRow | null; result: ReadResult }> {
+    const views = catalog.list();
+    if (views.length === 1) {
+      const { version, result } = await read(views[0]!, [entityId]);
+      return { view: views[0]!, version, row: result.rows[0] ?? null, result };
+    }
+    const ready = views.filter((v) => v.current);
+    const reads = await Promise.all(ready.map(async (view) => ({ view, ...(await read(view, [entityId])) })));
+    const holding = reads.filter((r) => r.result.rows[0]);
+    if (holding.length > 1) {
+      throw new ApiError('ambiguous-entity', `entity "${entityId}" is in several views (${holding.map((h) => h.view.job.view).join(', ')}); choose one with ?view=`, {
+        views: holding.map((h) => h.view.job.view),
+      });
+    }
+    if (holding.length === 0) {
+      const pending = views.filter((v) => !v.current).map((v) => v.job.view);
+      // An unsynced view might hold it: say so rather than claim it does not exist.
+      if (pending.length) throw new ApiError('view-not-ready', `no published view holds entity "${entityId}", and ${pending.join(', ')} have no published version yet`, {}, { 'Retry-After': '5' });
+      throw new ApiError('entity-not-found', `no view holds entity "${entityId}"; views: ${viewNames(catalog)}`);
+    }
+    const only = holding[0]!;
+    return { view: only.view, version: only.version, row: only.result.rows[0]!, result: only.result };
+  }
+
+  app.on(['PUT', 'PATCH', 'DELETE', 'GET'], '/batch', () => {
+    throw new ApiError('method-not-allowed', 'use POST for /features/v1/batch', {}, { Allow: 'POST' });
+  });
+
+  app.get('/:entity_id', async (c) => {
+    const params = c.req.queries();
+    for (const [key, values] of Object.entries(params)) {
+      if (key !== 'view' && key !== 'features') throw new ApiError('invalid-request', `unknown query parameter "${key}"; accepted: view, features`);
+      if (values.length > 1) throw new ApiError('invalid-request', `query parameter "${key}" is given ${values.length} times; give it once`);
+    }
+    const entityId = checkEntityId(c.req.param('entity_id'), 'path segment');
+    const viewName = params.view?.[0];
+    const featureNames = params.features?.[0]?.split(',').map((n) => n.trim());
+
+    let view: ServedView;
+    let version: ServedVersion;
+    let row: FeatureRow | null;
+    let result: ReadResult;
+    if (viewName !== undefined) {
+      view = requireView(catalog, viewName);
+      requireVersion(view);
+      selectFeatures(view.current!, featureNames); // reject bad selections before reading
+      ({ version, result } = await read(view, [entityId]));
+      row = result.rows[0] ?? null;
+    } else {
+      ({ view, version, row, result } = await resolveView(entityId));
+    }
+    const selection = selectFeatures(version, featureNames);
+    c.header('Feature-Tier', result.tier);
+    if (!row) throw new ApiError('entity-not-found', `view "${view.job.view}" has no entity "${entityId}" in version ${version.version}`);
+
+    const now = Date.now();
+    const meta = freshnessOf(view, version, now);
+    const headers = freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now);
+    const etag = entityTag(version, entityId, selection?.names ?? null);
+    for (const [name, value] of Object.entries(headers)) c.header(name, value);
+    c.header('ETag', etag);
+    if (matchesIfNoneMatch(c.req.header('If-None-Match'), etag)) return c.body(null, 304);
+    return c.json({
+      view: view.job.view,
+      entity_id: entityId,
+      event_time: row.eventTime,
+      features: featureObject(version, row, selection),
+      metadata: meta,
+    });
+  });
+
+  const batchBody = z.strictObject({
+    view: z.string().min(1).optional(),
+    entity_ids: z.array(z.unknown()).min(1, 'expected at least one entity id').max(deps.batchMaxIds, `expected at most ${deps.batchMaxIds} entity ids`),
+    features: z.array(z.string()).optional(),
+  });
+
+  app.post(
+    '/batch',
+    bodyLimit({
+      // Every id at its longest, quoted, plus room for the rest of the body.
+      maxSize: deps.batchMaxIds * 140 + 16 * 1024,
+      onError: () => {
+        throw new ApiError('payload-too-large', `the request body is larger than a batch of ${deps.batchMaxIds} ids can be`);
+      },
+    }),
+    async (c) => {
+      if (Object.keys(c.req.queries()).length) throw new ApiError('invalid-request', 'POST /features/v1/batch takes no query parameters; put view, entity_ids and features in the body');
+      const type = c.req.header('Content-Type') ?? '';
+      if (!/^application\/json\s*(;|$)/i.test(type)) throw new ApiError('unsupported-media-type', `send the batch as application/json (got ${type ? JSON.stringify(type) : 'no Content-Type'})`);
+      let raw: unknown;
+      try {
+        raw = await c.req.json();
+      } catch {
+        throw new ApiError('invalid-request', 'the request body is not valid JSON');
+      }
+      const parsed = batchBody.safeParse(raw);
+      if (!parsed.success) {
+        const issues = parsed.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.code === 'unrecognized_keys' ? `unknown field(s) ${i.keys.join(', ')}` : i.message}`);
+        throw new ApiError('invalid-request', `invalid batch body (expected {"view": string, "entity_ids": [string, …], "features"?: [string, …]}): ${issues.join('; ')}`);
+      }
+      const body = parsed.data;
+      const ids = body.entity_ids.map((id, i) => checkEntityId(id, `entity_ids[${i}]`));
+      let viewName = body.view;
+      if (viewName === undefined) {
+        const views = catalog.list();
+        if (views.length !== 1) throw new ApiError('invalid-request', `name the view in "view"; views: ${viewNames(catalog)}`);
+        viewName = views[0]!.job.view;
+      }
+      const view = requireView(catalog, viewName);
+      selectFeatures(requireVersion(view), body.features);
+      const unique = [...new Set(ids)];
+      const { version, result } = await read(view, unique);
+      const selection = selectFeatures(version, body.features);
+      const byId = new Map(unique.map((id, i) => [id, result.rows[i] ?? null]));
+      const now = Date.now();
+      const meta = freshnessOf(view, version, now);
+      const headers = freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now);
+      for (const [name, value] of Object.entries(headers)) c.header(name, value);
+      // A POST answer is not reusable: the freshness headers inform, they do not license caching.
+      c.header('Cache-Control', 'no-store');
+      c.header('Feature-Tier', result.tier);
+      return c.json({
+        view: view.job.view,
+        metadata: meta,
+        results: ids.map((id) => {
+          const row = byId.get(id);
+          return row
+            ? { entity_id: id, status: 'PRESENT' as const, event_time: row.eventTime, features: featureObject(version, row, selection) }
+            : { entity_id: id, status: 'NOT_FOUND' as const };
+        }),
+      });
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,68 @@
+// Owns what every feature response says about how fresh its data is, in the
+// body and in headers, and the HTTP caching validators derived from the version.
+import type { ServedView, ServedVersion } from '../stores/catalog.js';
+
+export interface FreshnessMetadata {
+  readonly version: number;
+  readonly as_of: string | null;
+  readonly published_at: string;
+  readonly age_seconds: number;
+  readonly freshness_objective_seconds: number;
+  readonly fresh: boolean;
+}
+
+export function freshnessOf(view: ServedView, version: ServedVersion, now: number): FreshnessMetadata {
+  // An empty version has no event time; its data is as old as its publication.
+  const asOfMs = version.asOfMs ?? version.publishedAt.getTime();
+  const age = Math.max(0, Math.floor((now - asOfMs) / 1000));
+  return {
+    version: version.version,
+    as_of: version.asOf,
+    published_at: version.publishedAt.toISOString(),
+    age_seconds: age,
+    freshness_objective_seconds: view.job.freshnessSeconds,
+    fresh: age <= view.job.freshnessSeconds,
+  };
+}
+
+/**
+ * Freshness headers. The data's age goes in Feature-Age, never in Age (which
+ * tells caches how long a response sat in a cache). Cache-Control lets a
+ * client keep a fresh answer until the next scheduled sync could replace it.
+ */
+export function freshnessHeaders(view: ServedView, meta: FreshnessMetadata, nextRun: Date | null, now: number): Record<string, string> {
+  const asOfMs = meta.as_of ? Date.parse(meta.as_of) : Date.parse(meta.published_at);
+  const untilNextRun = nextRun ? Math.max(0, Math.floor((nextRun.getTime() - now) / 1000)) : 0;
+  return {
+    'Last-Modified': new Date(asOfMs).toUTCString(),
+    'Cache-Control': meta.fresh ? `private, max-age=${untilNextRun}` : 'private, no-cache',
+    'Feature-View': view.job.view,
+    'Feature-Version': String(meta.version),
+    'Feature-As-Of': meta.as_of ?? meta.published_at,
+    'Feature-Age': String(meta.age_seconds),
+    'Feature-Freshness': meta.fresh ? 'fresh' : 'stale',
+    'Feature-Freshness-Objective': String(meta.freshness_objective_seconds),
+  };
+}
+
+/** 32-bit FNV-1a, hex: enough to tell apart representations of one URL. */
+function fnv1a(text: string): string {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    hash ^= text.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return (hash >>> 0).toString(16).padStart(8, '0');
+}
+
+/** Strong ETag from view, version, entity and the feature selection; no body hashing. */
+export function entityTag(version: ServedVersion, entityId: string, features: readonly string[] | null): string {
+  return `"${version.view}.${version.version}.${fnv1a(`${entityId}|${features?.join(',') ?? '*'}`)}"`;
+}
+
+/** If-None-Match uses the weak comparison (RFC 9110 §13.1.2). */
+export function matchesIfNoneMatch(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  if (header.trim() === '*') return true;
+  return header.split(',').some((candidate) => candidate.trim().replace(/^W\//, '') === etag);
+}

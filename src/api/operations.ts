@@ -1,0 +1,59 @@
+// Owns the routes for operators and tooling: liveness, readiness, Prometheus
+// metrics and the OpenAPI document.
+import { Hono } from 'hono';
+import type { Catalog } from '../stores/catalog.js';
+import type { Database } from '../stores/database.js';
+import type { HotTier } from '../stores/hot-tier.js';
+import type { Metrics } from '../observability/metrics.js';
+
+export interface OperationRouteDeps {
+  readonly catalog: Catalog;
+  readonly db: Database;
+  readonly hot: HotTier | null;
+  readonly metrics: Metrics;
+  readonly openapiYaml: string;
+}
+
+const CHECK_TIMEOUT_MS = 1000;
+
+async function check(probe: () => Promise<void>): Promise<'ok' | 'unreachable'> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('timeout')), CHECK_TIMEOUT_MS);
+  });
+  try {
+    await Promise.race([probe(), timeout]);
+    return 'ok';
+  } catch {
+    return 'unreachable';
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export function operationRoutes(deps: OperationRouteDeps): Hono {
+  const app = new Hono();
+
+  app.get('/healthz', (c) => c.json({ status: 'ok' }, 200, { 'Cache-Control': 'no-store' }));
+
+  // Ready means: Postgres answers and every view has a version to serve. A hot
+  // tier that is down degrades speed, not answers, so it does not fail readiness.
+  app.get('/readyz', async (c) => {
+    const [postgres, hotTier] = await Promise.all([check(() => deps.db.ping()), deps.hot ? check(() => deps.hot!.ping()) : Promise.resolve('ok' as const)]);
+    const views = Object.fromEntries(deps.catalog.list().map((v) => [v.job.view, v.current ? { version: v.current.version } : { version: null }]));
+    const viewsReady = Object.values(views).every((v) => v.version !== null);
+    const ready = postgres === 'ok' && viewsReady;
+    const status = !ready ? 'not_ready' : hotTier === 'ok' ? 'ready' : 'degraded';
+    return c.json(
+      { status, checks: { postgres, hot_tier: deps.hot ? { kind: deps.hot.kind, status: hotTier } : { kind: 'none', status: 'ok' }, views } },
+      ready ? 200 : 503,
+      { 'Cache-Control': 'no-store' },
+    );
+  });
+
+  app.get('/metrics', async (c) => c.body(await deps.metrics.registry.metrics(), 200, { 'Content-Type': deps.metrics.registry.contentType }));
+
+  app.get('/openapi.yaml', (c) => c.body(deps.openapiYaml, 200, { 'Content-Type': 'application/yaml; charset=utf-8', 'Cache-Control': 'public, max-age=300' }));
+
+  return app;
+}

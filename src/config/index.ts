@@ -1,0 +1,98 @@
+// Owns the process configuration: the environment is parsed once, here, into a
+// typed and frozen object that is handed to everything else. Nothing else reads
+// process.env.
+import path from 'node:path';
+import { z } from 'zod';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const positiveInt = z.coerce.number().int().positive();
+
+const envSchema = z.object({
+  PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  HOST: z.string().min(1).default('0.0.0.0'),
+  DATABASE_URL: z.string().url().optional(),
+  REDIS_URL: z.string().url().optional(),
+  SYNC_JOBS_DIR: z.string().min(1).default('sync-jobs'),
+  PGLITE_DATA_DIR: z.string().min(1).optional(),
+  SYNC_ON_START: bool.optional(),
+  SCHEDULER_ENABLED: bool.default(true),
+  SYNC_TIMEOUT_SECONDS: positiveInt.default(3600),
+  SYNC_BATCH_ROWS: positiveInt.max(1_000_000).default(8192),
+  CATALOG_REFRESH_MS: positiveInt.default(1000),
+  BATCH_MAX_IDS: positiveInt.max(10_000).default(1000),
+  REDIS_TIMEOUT_MS: positiveInt.default(250),
+  REDIS_FILL_TTL_SECONDS: positiveInt.default(86_400),
+  LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+});
+
+export type LogLevel = z.infer<typeof envSchema>['LOG_LEVEL'];
+
+export interface Config {
+  readonly port: number;
+  readonly host: string;
+  /** Postgres server; absent means the embedded in-process Postgres (PGlite). */
+  readonly databaseUrl: string | undefined;
+  /** Redis server; absent means the in-process hot tier. */
+  readonly redisUrl: string | undefined;
+  readonly embedded: boolean;
+  readonly syncJobsDir: string;
+  readonly pgliteDataDir: string | undefined;
+  /** Run every job once at start-up (default: on in embedded mode). */
+  readonly syncOnStart: boolean;
+  readonly schedulerEnabled: boolean;
+  readonly syncTimeoutMs: number;
+  readonly syncBatchRows: number;
+  readonly catalogRefreshMs: number;
+  readonly batchMaxIds: number;
+  readonly redisTimeoutMs: number;
+  readonly redisFillTtlSeconds: number;
+  readonly logLevel: LogLevel;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function loadConfig(env: Record<string, string | undefined>, cwd = process.cwd()): Config {
+  // Empty strings count as unset, so `FOO=` in an env file behaves like no FOO.
+  const cleaned = Object.fromEntries(
+    Object.entries(env).filter(([key, value]) => key in envSchema.shape && value !== undefined && value !== ''),
+  );
+  const parsed = envSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map(
+      (issue) => `  ${issue.path.join('.')}: ${issue.message} (got ${JSON.stringify(cleaned[String(issue.path[0])])})`,
+    );
+    throw new ConfigError(`invalid environment:\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  if (Boolean(e.DATABASE_URL) !== Boolean(e.REDIS_URL)) {
+    // Half-embedded setups hide which store is the source of truth; refuse them.
+    throw new ConfigError(
+      'set both DATABASE_URL and REDIS_URL to use servers, or neither for the embedded mode ' +
+        `(DATABASE_URL is ${e.DATABASE_URL ? 'set' : 'unset'}, REDIS_URL is ${e.REDIS_URL ? 'set' : 'unset'})`,
+    );
+  }
+  const embedded = !e.DATABASE_URL;
+  return Object.freeze({
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    redisUrl: e.REDIS_URL,
+    embedded,
+    syncJobsDir: path.resolve(cwd, e.SYNC_JOBS_DIR),
+    pgliteDataDir: e.PGLITE_DATA_DIR ? path.resolve(cwd, e.PGLITE_DATA_DIR) : undefined,
+    syncOnStart: e.SYNC_ON_START ?? embedded,
+    schedulerEnabled: e.SCHEDULER_ENABLED,
+    syncTimeoutMs: e.SYNC_TIMEOUT_SECONDS * 1000,
+    syncBatchRows: e.SYNC_BATCH_ROWS,
+    catalogRefreshMs: e.CATALOG_REFRESH_MS,
+    batchMaxIds: e.BATCH_MAX_IDS,
+    redisTimeoutMs: e.REDIS_TIMEOUT_MS,
+    redisFillTtlSeconds: e.REDIS_FILL_TTL_SECONDS,
+    logLevel: e.LOG_LEVEL,
+  });
+}

@@ -1,0 +1,79 @@
+// Owns the Prometheus metrics: names in base units, OpenTelemetry HTTP names
+// for requests, and only bounded labels (route templates, views, jobs, tiers;
+// never entity ids).
+import client from 'prom-client';
+
+/** Latency buckets, dense around the 10 ms lookup objective so compliance is read exactly. */
+export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+export interface ViewGaugeSource {
+  /** Per view: current version, rows, age of its data and its freshness objective, in seconds. */
+  views(): { view: string; version: number; rows: number; ageSeconds: number; objectiveSeconds: number }[];
+}
+
+export class Metrics {
+  readonly registry = new client.Registry();
+
+  readonly requestDuration = new client.Histogram({
+    name: 'http_server_request_duration_seconds',
+    help: 'Duration of HTTP server requests.',
+    labelNames: ['http_request_method', 'http_route', 'http_response_status_code'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly lookupsByTier = new client.Counter({
+    name: 'featurestore_lookups_total',
+    help: 'Entity lookups by the tier that answered them.',
+    labelNames: ['view', 'tier'] as const,
+    registers: [this.registry],
+  });
+
+  readonly hotTierErrors = new client.Counter({
+    name: 'featurestore_hot_tier_errors_total',
+    help: 'Hot-tier (Redis) commands that failed or timed out; lookups fell back to Postgres.',
+    registers: [this.registry],
+  });
+
+  readonly syncRuns = new client.Counter({
+    name: 'featurestore_sync_runs_total',
+    help: 'Sync runs by job and outcome.',
+    labelNames: ['job', 'status'] as const,
+    registers: [this.registry],
+  });
+
+  readonly syncDuration = new client.Histogram({
+    name: 'featurestore_sync_duration_seconds',
+    help: 'Duration of sync runs that ran (succeeded or failed).',
+    labelNames: ['job', 'status'] as const,
+    buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600],
+    registers: [this.registry],
+  });
+
+  readonly syncRows = new client.Counter({
+    name: 'featurestore_sync_rows_total',
+    help: 'Rows written by successful sync runs.',
+    labelNames: ['job'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(source?: ViewGaugeSource) {
+    client.collectDefaultMetrics({ register: this.registry });
+    if (!source) return;
+    const gauge = (name: string, help: string, pick: (v: ReturnType<ViewGaugeSource['views']>[number]) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ['view'] as const,
+        registers: [this.registry],
+        collect() {
+          this.reset();
+          for (const view of source.views()) this.set({ view: view.view }, pick(view));
+        },
+      });
+    gauge('featurestore_view_version', 'Version readers are switched to.', (v) => v.version);
+    gauge('featurestore_view_rows', 'Entities in the served version.', (v) => v.rows);
+    gauge('featurestore_view_age_seconds', 'Age of the served data: now minus its as-of time.', (v) => v.ageSeconds);
+    gauge('featurestore_view_freshness_objective_seconds', 'The view\'s freshness objective.', (v) => v.objectiveSeconds);
+  }
+}

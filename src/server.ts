@@ -1,0 +1,127 @@
+// Wiring only: config → stores → catalog → runner and scheduler → app → listen.
+import { readFile } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { pathToFileURL } from 'node:url';
+import { serve, type ServerType } from '@hono/node-server';
+import type { Hono } from 'hono';
+import { createApp } from './api/app.js';
+import { ConfigError, loadConfig, type Config } from './config/index.js';
+import { JobDefinitionError, loadJobDefinitions } from './jobs/definition.js';
+import { createLogger, type Logger } from './observability/log.js';
+import { Metrics } from './observability/metrics.js';
+import { Catalog } from './stores/catalog.js';
+import type { Database } from './stores/database.js';
+import type { HotTier } from './stores/hot-tier.js';
+import { MemoryHotTier } from './stores/memory.js';
+import { ensureSchema } from './stores/metadata.js';
+import { PgliteDatabase } from './stores/pglite.js';
+import { PostgresDatabase } from './stores/postgres.js';
+import { FeatureReader } from './stores/reader.js';
+import { RedisHotTier } from './stores/redis.js';
+import { SyncRunner } from './sync/runner.js';
+import { Scheduler } from './sync/scheduler.js';
+
+export interface RunningServer {
+  readonly port: number;
+  readonly app: Hono;
+  readonly catalog: Catalog;
+  readonly runner: SyncRunner;
+  readonly db: Database;
+  readonly hot: HotTier;
+  /** Resolves when the start-up syncs (if any) have finished. */
+  readonly startupSyncs: Promise<void>;
+  close(): Promise<void>;
+}
+
+const SHUTDOWN_GRACE_MS = 25_000;
+
+export async function startServer(config: Config, log: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
+  const jobs = await loadJobDefinitions(config.syncJobsDir);
+  const db: Database = config.embedded
+    ? await PgliteDatabase.open(config.pgliteDataDir)
+    : new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 20, statementTimeoutMs: 5_000 });
+  const hot: HotTier = config.embedded ? new MemoryHotTier() : new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: config.redisTimeoutMs });
+  try {
+    await ensureSchema(db);
+  } catch (error) {
+    await Promise.allSettled([db.close(), hot.close()]);
+    throw new ConfigError(`cannot prepare the Postgres schema (is DATABASE_URL right and the server up?): ${(error as Error).message}`);
+  }
+
+  const catalog = new Catalog(db, jobs);
+  await catalog.refresh();
+  catalog.start(config.catalogRefreshMs);
+  const metrics = new Metrics({
+    views: () =>
+      catalog.list().flatMap((v) =>
+        v.current
+          ? [{ view: v.job.view, version: v.current.version, rows: v.current.rowCount, ageSeconds: (Date.now() - (v.current.asOfMs ?? v.current.publishedAt.getTime())) / 1000, objectiveSeconds: v.job.freshnessSeconds }]
+          : [],
+      ),
+  });
+  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, onHotError: () => metrics.hotTierErrors.inc() });
+  const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
+  const scheduler = new Scheduler(jobs, runner, log);
+  const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
+  const app = createApp({ catalog, reader, db, hot, metrics, log, batchMaxIds: config.batchMaxIds, openapiYaml });
+
+  const server: ServerType = await new Promise((resolve, reject) => {
+    const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
+    s.once('error', (error: NodeJS.ErrnoException) => {
+      catalog.stop();
+      void Promise.allSettled([db.close(), hot.close()]);
+      reject(new ConfigError(`cannot listen on ${config.host}:${config.port} (PORT, HOST): ${error.code ?? error.message}`));
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  log.info('server.listening', { port, host: config.host, mode: config.embedded ? 'embedded' : 'servers', views: jobs.map((j) => j.view) });
+
+  if (config.schedulerEnabled) scheduler.start();
+  const startupSyncs = config.syncOnStart
+    ? (async () => {
+        for (const job of jobs) await runner.run(job.view, 'startup').catch((error: Error) => log.error('sync.startup_failed', { job: job.view, error }));
+      })()
+    : Promise.resolve();
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      scheduler.stop();
+      catalog.stop();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Runs in progress get a bounded time to finish; an unfinished one publishes nothing.
+      await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_MS).unref())]);
+      await Promise.allSettled([db.close(), hot.close()]);
+    })());
+  return { port, app, catalog, runner, db, hot, startupSyncs, close };
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n`);
+    process.exit(2);
+  }
+  const log = createLogger(config.logLevel);
+  let running: RunningServer;
+  try {
+    running = await startServer(config, log);
+  } catch (error) {
+    if (error instanceof ConfigError || error instanceof JobDefinitionError) {
+      process.stderr.write(`cannot start: ${error.message}\n`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const stop = (signal: string) => {
+    log.info('server.stopping', { signal });
+    setTimeout(() => process.exit(1), SHUTDOWN_GRACE_MS + 5_000).unref();
+    void running.close().then(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) void main();

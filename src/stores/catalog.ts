@@ -1,0 +1,111 @@
+// Owns what the serving side knows about each view: its definition and the
+// version readers are switched to. Everything a request needs but the data
+// itself (feature positions, the prepared statement, the next scheduled run) is
+// resolved here once per version, never per request. The catalog follows
+// Postgres: it polls the views table and is also told directly when this
+// process's scheduler publishes.
+import { Cron } from 'croner';
+import type { FeatureType, JobDefinition } from '../jobs/definition.js';
+import type { Queryable } from './database.js';
+import { quoteIdent } from './database.js';
+import { isoTimeSql, readPublishedVersions, versionTable, type PublishedVersion } from './metadata.js';
+
+export interface ServedVersion extends PublishedVersion {
+  /** Position of each feature in a stored row's values. */
+  readonly featureIndex: ReadonlyMap<string, number>;
+  readonly featureTypes: ReadonlyMap<string, FeatureType>;
+  /** Point/batch read of this version's table; rows come back as arrays. */
+  readonly select: { readonly name: string; readonly text: string };
+}
+
+export interface ServedView {
+  readonly job: JobDefinition;
+  /** Null until the view's first successful sync. */
+  readonly current: ServedVersion | null;
+}
+
+
+function toServedVersion(published: PublishedVersion): ServedVersion {
+  const columns = published.features.map((f) => (f.type === 'timestamp' ? isoTimeSql(quoteIdent(f.name)) : quoteIdent(f.name)));
+  return {
+    ...published,
+    featureIndex: new Map(published.features.map((f, i) => [f.name, i])),
+    featureTypes: new Map(published.features.map((f) => [f.name, f.type])),
+    select: {
+      name: `fs_read_${published.view}_${published.version}`,
+      text: `SELECT entity_id, ${isoTimeSql('event_time')}, ${columns.join(', ')} FROM ${versionTable(published.view, published.version)} WHERE entity_id = ANY($1::text[])`,
+    },
+  };
+}
+
+export class Catalog {
+  private readonly views = new Map<string, ServedView>();
+  private readonly crons = new Map<string, Cron>();
+  private timer: NodeJS.Timeout | undefined;
+  private lastError: Error | undefined;
+  private refreshing: Promise<void> | undefined;
+
+  constructor(
+    private readonly db: Queryable,
+    jobs: readonly JobDefinition[],
+  ) {
+    for (const job of jobs) {
+      this.views.set(job.view, { job, current: null });
+      this.crons.set(job.view, new Cron(job.schedule, { paused: true, timezone: 'UTC' }));
+    }
+  }
+
+  get(view: string): ServedView | undefined {
+    return this.views.get(view);
+  }
+
+  list(): ServedView[] {
+    return [...this.views.values()];
+  }
+
+  /** When the view's next scheduled sync is due, or null if the schedule never fires again. */
+  nextRun(view: string, after = new Date()): Date | null {
+    return this.crons.get(view)?.nextRun(after) ?? null;
+  }
+
+  /** The last refresh's error, if the last refresh failed (Postgres unreachable). */
+  get refreshError(): Error | undefined {
+    return this.lastError;
+  }
+
+  /** Re-reads the current versions; concurrent callers share one read. */
+  refresh(): Promise<void> {
+    this.refreshing ??= this.load().finally(() => {
+      this.refreshing = undefined;
+    });
+    return this.refreshing;
+  }
+
+  private async load(): Promise<void> {
+    try {
+      const published = await readPublishedVersions(this.db);
+      for (const version of published) {
+        const view = this.views.get(version.view);
+        // Versions of views no longer defined are not served.
+        if (!view) continue;
+        // Same version: keep the resolved object (and its prepared statement name).
+        if (view.current && view.current.version === version.version) continue;
+        this.views.set(version.view, { job: view.job, current: toServedVersion(version) });
+      }
+      this.lastError = undefined;
+    } catch (error) {
+      this.lastError = error as Error;
+      throw error;
+    }
+  }
+
+  /** Polls every `intervalMs`; failures keep the versions already known. */
+  start(intervalMs: number): void {
+    this.timer = setInterval(() => void this.refresh().catch(() => undefined), intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+}

@@ -1,0 +1,49 @@
+// Owns the embedded hot tier: a map in this process standing in for Redis when
+// no REDIS_URL is given. Same contract as Redis, minus the network.
+import type { HotTier } from './hot-tier.js';
+import { hotKeyPrefix } from './hot-tier.js';
+
+export class MemoryHotTier implements HotTier {
+  readonly kind = 'memory' as const;
+  private readonly entries = new Map<string, { value: string; expiresAt: number }>();
+
+  async get(keys: readonly string[]): Promise<(string | null)[]> {
+    const now = Date.now();
+    return keys.map((key) => {
+      const entry = this.entries.get(key);
+      if (!entry) return null;
+      if (entry.expiresAt <= now) {
+        this.entries.delete(key);
+        return null;
+      }
+      return entry.value;
+    });
+  }
+
+  async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
+    const expiresAt = ttlSeconds ? Date.now() + ttlSeconds * 1000 : Number.POSITIVE_INFINITY;
+    for (const [key, value] of entries) this.entries.set(key, { value, expiresAt });
+  }
+
+  async dropVersion(view: string, version: number): Promise<number> {
+    const prefix = hotKeyPrefix(view, version);
+    let removed = 0;
+    for (const key of this.entries.keys()) {
+      if (key.startsWith(prefix)) {
+        this.entries.delete(key);
+        removed++;
+      }
+    }
+    return removed;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  async ping(): Promise<void> {}
+
+  async close(): Promise<void> {
+    this.entries.clear();
+  }
+}

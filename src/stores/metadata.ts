@@ -1,0 +1,220 @@
+// Owns the metadata Postgres keeps about views, versions and sync runs: the
+// schema, and every statement that reads or changes it. Postgres is the source
+// of truth for which version is current; readers and the hot tier follow it.
+import type { FeatureType } from '../jobs/definition.js';
+import type { Database, Queryable } from './database.js';
+import { quoteIdent } from './database.js';
+
+export const META_SCHEMA = 'featurestore';
+export const DATA_SCHEMA = 'featurestore_data';
+
+const SCHEMA_SQL = `
+CREATE SCHEMA IF NOT EXISTS ${META_SCHEMA};
+CREATE SCHEMA IF NOT EXISTS ${DATA_SCHEMA};
+CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.runs (
+  run_id       bigserial PRIMARY KEY,
+  job          text NOT NULL,
+  version      bigint,
+  trigger      text NOT NULL,
+  status       text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'abandoned', 'skipped')),
+  started_at   timestamptz NOT NULL DEFAULT now(),
+  finished_at  timestamptz,
+  rows_read    bigint,
+  rows_written bigint,
+  watermark    timestamptz,
+  error        text,
+  details      jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS runs_job_started ON ${META_SCHEMA}.runs (job, run_id DESC);
+CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.versions (
+  view         text NOT NULL,
+  version      bigint NOT NULL,
+  run_id       bigint NOT NULL,
+  state        text NOT NULL CHECK (state IN ('loading', 'published', 'dropped')),
+  features     jsonb NOT NULL,
+  as_of        timestamptz,
+  row_count    bigint,
+  created_at   timestamptz NOT NULL DEFAULT now(),
+  published_at timestamptz,
+  PRIMARY KEY (view, version)
+);
+CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.views (
+  view             text PRIMARY KEY,
+  current_version  bigint NOT NULL,
+  previous_version bigint,
+  switched_at      timestamptz NOT NULL
+);
+`;
+
+/** Creates what is missing; safe to run from several processes at once. */
+export async function ensureSchema(db: Database): Promise<void> {
+  await db.transaction(async (tx) => {
+    await tx.query(`SELECT pg_advisory_xact_lock(hashtextextended('featurestore:schema', 0))`);
+    for (const statement of SCHEMA_SQL.split(';').map((s) => s.trim()).filter(Boolean)) {
+      await tx.query(statement);
+    }
+  });
+}
+
+/** The fully qualified table that holds one version of a view. */
+export function versionTable(view: string, version: number): string {
+  return `${DATA_SCHEMA}.${quoteIdent(`${view}__v${version}`)}`;
+}
+
+export interface VersionFeature {
+  readonly name: string;
+  readonly type: FeatureType;
+}
+
+/** What readers need to serve one published version; resolved once per version, not per request. */
+export interface PublishedVersion {
+  readonly view: string;
+  readonly version: number;
+  readonly features: readonly VersionFeature[];
+  /** Newest event time in the version (ISO 8601, UTC, microseconds), or null for an empty version. */
+  readonly asOf: string | null;
+  readonly asOfMs: number | null;
+  readonly rowCount: number;
+  readonly publishedAt: Date;
+}
+
+type CatalogRow = {
+  view: string;
+  version: number;
+  features: VersionFeature[] | string;
+  as_of: string | null;
+  row_count: number;
+  published_at: Date | string;
+};
+
+/** The one text form of times we store and serve: ISO 8601 in UTC with microseconds. */
+export const isoTimeSql = (column: string) => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
+
+const toDate = (value: Date | string) => (value instanceof Date ? value : new Date(value));
+
+export async function readPublishedVersions(db: Queryable): Promise<PublishedVersion[]> {
+  const rows = await db.query<CatalogRow>(
+    `SELECT v.view, v.current_version AS version, ver.features, ${isoTimeSql('ver.as_of')} AS as_of, ver.row_count, ver.published_at
+       FROM ${META_SCHEMA}.views v
+       JOIN ${META_SCHEMA}.versions ver ON ver.view = v.view AND ver.version = v.current_version`,
+  );
+  return rows.map((row) => ({
+    view: row.view,
+    version: Number(row.version),
+    features: typeof row.features === 'string' ? (JSON.parse(row.features) as VersionFeature[]) : row.features,
+    asOf: row.as_of,
+    asOfMs: row.as_of === null ? null : Date.parse(row.as_of),
+    rowCount: Number(row.row_count),
+    publishedAt: toDate(row.published_at),
+  }));
+}
+
+export type RunStatus = 'running' | 'succeeded' | 'failed' | 'abandoned' | 'skipped';
+export type RunTrigger = 'schedule' | 'startup' | 'manual';
+
+export interface RunRecord {
+  readonly runId: number;
+  readonly job: string;
+  readonly version: number | null;
+  readonly trigger: RunTrigger;
+  readonly status: RunStatus;
+  readonly startedAt: Date;
+  readonly finishedAt: Date | null;
+  readonly rowsRead: number | null;
+  readonly rowsWritten: number | null;
+  readonly watermark: Date | null;
+  readonly error: string | null;
+  readonly details: Record<string, unknown>;
+}
+
+type RunRow = {
+  run_id: number;
+  job: string;
+  version: number | null;
+  trigger: RunTrigger;
+  status: RunStatus;
+  started_at: Date | string;
+  finished_at: Date | string | null;
+  rows_read: number | null;
+  rows_written: number | null;
+  watermark: Date | string | null;
+  error: string | null;
+  details: Record<string, unknown> | string;
+};
+
+function toRunRecord(row: RunRow): RunRecord {
+  return {
+    runId: Number(row.run_id),
+    job: row.job,
+    version: row.version === null ? null : Number(row.version),
+    trigger: row.trigger,
+    status: row.status,
+    startedAt: toDate(row.started_at),
+    finishedAt: row.finished_at === null ? null : toDate(row.finished_at),
+    rowsRead: row.rows_read === null ? null : Number(row.rows_read),
+    rowsWritten: row.rows_written === null ? null : Number(row.rows_written),
+    watermark: row.watermark === null ? null : toDate(row.watermark),
+    error: row.error,
+    details: typeof row.details === 'string' ? (JSON.parse(row.details) as Record<string, unknown>) : row.details,
+  };
+}
+
+export async function startRun(db: Queryable, job: string, trigger: RunTrigger): Promise<number> {
+  const [row] = await db.query<{ run_id: number }>(
+    `INSERT INTO ${META_SCHEMA}.runs (job, trigger, status) VALUES ($1, $2, 'running') RETURNING run_id`,
+    [job, trigger],
+  );
+  return Number(row!.run_id);
+}
+
+/** A run that never started because another was in progress. */
+export async function recordSkippedRun(db: Queryable, job: string, trigger: RunTrigger, reason: string): Promise<number> {
+  const [row] = await db.query<{ run_id: number }>(
+    `INSERT INTO ${META_SCHEMA}.runs (job, trigger, status, finished_at, error) VALUES ($1, $2, 'skipped', now(), $3) RETURNING run_id`,
+    [job, trigger, reason],
+  );
+  return Number(row!.run_id);
+}
+
+export interface RunOutcome {
+  readonly status: Exclude<RunStatus, 'running' | 'skipped'>;
+  readonly version?: number | null;
+  readonly rowsRead?: number | null;
+  readonly rowsWritten?: number | null;
+  readonly watermark?: Date | null;
+  readonly error?: string | null;
+  readonly details?: Record<string, unknown>;
+}
+
+/** Closes a run; only a run still marked running is changed, so an outcome is written once. */
+export async function finishRun(db: Queryable, runId: number, outcome: RunOutcome): Promise<boolean> {
+  const rows = await db.query(
+    `UPDATE ${META_SCHEMA}.runs
+        SET status = $2, finished_at = now(), version = coalesce($3, version), rows_read = coalesce($4, rows_read),
+            rows_written = coalesce($5, rows_written), watermark = coalesce($6, watermark), error = $7,
+            details = details || $8::jsonb
+      WHERE run_id = $1 AND status = 'running'
+      RETURNING run_id`,
+    [
+      runId,
+      outcome.status,
+      outcome.version ?? null,
+      outcome.rowsRead ?? null,
+      outcome.rowsWritten ?? null,
+      outcome.watermark ?? null,
+      outcome.error ?? null,
+      JSON.stringify(outcome.details ?? {}),
+    ],
+  );
+  return rows.length === 1;
+}
+
+export async function getRun(db: Queryable, runId: number): Promise<RunRecord | undefined> {
+  const [row] = await db.query<RunRow>(`SELECT * FROM ${META_SCHEMA}.runs WHERE run_id = $1`, [runId]);
+  return row ? toRunRecord(row) : undefined;
+}
+
+export async function listRuns(db: Queryable, job: string, limit: number): Promise<RunRecord[]> {
+  const rows = await db.query<RunRow>(`SELECT * FROM ${META_SCHEMA}.runs WHERE job = $1 ORDER BY run_id DESC LIMIT $2`, [job, limit]);
+  return rows.map(toRunRecord);
+}

@@ -1,0 +1,145 @@
+// Owns the `pg` implementation of Database: a connection pool for reads and run
+// records, dedicated connections for COPY and for advisory locks.
+import { once } from 'node:events';
+import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
+import type { CopyStream, Database, LockResult, QueryOptions, Queryable } from './database.js';
+import { quoteIdent } from './database.js';
+
+// int8 as a JS number: the sync refuses integers outside ±2^53, so this is exact.
+const INT8_OID = 20;
+const parseInt8 = (value: string) => Number(value);
+const typeParsers = {
+  getTypeParser: ((oid: number, format?: string) =>
+    oid === INT8_OID ? parseInt8 : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+};
+
+export interface PostgresOptions {
+  readonly url: string;
+  readonly maxConnections?: number;
+  readonly applicationName?: string;
+  /** Upper bound for any one statement, so no query runs unbounded. */
+  readonly statementTimeoutMs?: number;
+}
+
+async function runQuery<R>(client: pg.Pool | pg.PoolClient, text: string, params: readonly unknown[] | undefined, options: QueryOptions | undefined): Promise<R[]> {
+  const config: pg.QueryConfig = { text, values: params as unknown[] | undefined };
+  if (options?.name) config.name = options.name;
+  if (options?.rowMode) (config as pg.QueryArrayConfig).rowMode = 'array';
+  const result = await client.query(config);
+  return result.rows as R[];
+}
+
+export class PostgresDatabase implements Database {
+  readonly kind = 'postgres' as const;
+  readonly pool: pg.Pool;
+
+  constructor(options: PostgresOptions) {
+    this.pool = new pg.Pool({
+      connectionString: options.url,
+      max: options.maxConnections ?? 10,
+      application_name: options.applicationName ?? 'feature-serving-api',
+      statement_timeout: options.statementTimeoutMs ?? 60_000,
+      connectionTimeoutMillis: 5_000,
+      idleTimeoutMillis: 30_000,
+      options: '-c TimeZone=UTC',
+      types: typeParsers,
+    });
+    // An idle client that loses its server must not crash the process; the next query reports it.
+    this.pool.on('error', () => undefined);
+  }
+
+  query<R = Record<string, unknown>>(text: string, params?: readonly unknown[], options?: QueryOptions): Promise<R[]> {
+    return runQuery<R>(this.pool, text, params, options);
+  }
+
+  async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN');
+      const value = await fn({ query: (text, params, options) => runQuery(client, text, params, options) });
+      await client.query('COMMIT');
+      return value;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
+  async openCopy(table: string, columns: readonly string[]): Promise<CopyStream> {
+    const client = await this.pool.connect();
+    // COPY can legitimately run for minutes; the pool's statement bound is for lookups.
+    await client.query('SET statement_timeout = 0');
+    const stream = client.query(copyFrom(`COPY ${table} (${columns.map(quoteIdent).join(', ')}) FROM STDIN WITH (FORMAT csv)`));
+    let failure: Error | undefined;
+    stream.on('error', (error: Error) => {
+      failure = error;
+    });
+    let released = false;
+    const release = (error?: Error) => {
+      if (released) return;
+      released = true;
+      // A connection whose COPY broke is not returned to the pool.
+      client.release(error ?? true);
+    };
+    return {
+      async write(csv) {
+        if (failure) throw failure;
+        if (!stream.write(csv)) {
+          await Promise.race([once(stream, 'drain'), once(stream, 'error')]);
+          if (failure) throw failure;
+        }
+      },
+      async finish() {
+        if (failure) throw failure;
+        stream.end();
+        try {
+          await once(stream, 'finish');
+        } catch (error) {
+          release(error as Error);
+          throw error;
+        }
+        if (failure) {
+          release(failure);
+          throw failure;
+        }
+        released = true;
+        client.release();
+        return Number(stream.rowCount);
+      },
+      async abort(reason) {
+        stream.destroy(reason);
+        release(reason);
+      },
+    };
+  }
+
+  async withAdvisoryLock<T>(key: string, fn: () => Promise<T>): Promise<LockResult<T>> {
+    const client = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      const [row] = (await client.query('SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok', [key])).rows as { ok: boolean }[];
+      if (!row?.ok) return { acquired: false };
+      try {
+        return { acquired: true, value: await fn() };
+      } finally {
+        await client.query('SELECT pg_advisory_unlock(hashtextextended($1, 0))', [key]).catch((error: Error) => {
+          broken = error;
+        });
+      }
+    } finally {
+      // If unlocking failed, dropping the connection is what releases the lock.
+      client.release(broken ?? undefined);
+    }
+  }
+
+  async ping(): Promise<void> {
+    await this.pool.query('SELECT 1');
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}

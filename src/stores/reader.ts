@@ -1,0 +1,105 @@
+// Owns the read path: the hot tier first, Postgres for what it misses or when
+// it is unavailable, filling the hot tier behind Postgres. Both stores hold the
+// same version, so the answer does not depend on which one gave it.
+import type { ServedVersion } from './catalog.js';
+import type { Database } from './database.js';
+import type { HotTier } from './hot-tier.js';
+import { hotKey } from './hot-tier.js';
+
+/** One entity's stored row: its event time and the feature values in the version's order. */
+export interface FeatureRow {
+  readonly eventTime: string;
+  readonly values: readonly unknown[];
+}
+
+export type Tier = 'memory' | 'redis' | 'postgres';
+
+export interface ReadResult {
+  /** In the order of the ids asked for; null where the version has no such entity. */
+  readonly rows: (FeatureRow | null)[];
+  /** The tier that answered, or the slowest one involved when several did. */
+  readonly tier: Tier;
+  readonly hotError: Error | undefined;
+}
+
+export interface ReaderOptions {
+  /** TTL of entries written into the hot tier after a miss. */
+  readonly fillTtlSeconds: number;
+  readonly onHotError?: (error: Error) => void;
+}
+
+/** Postgres could not answer; the caller reports the stores as unavailable. */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError';
+}
+
+/** Postgres no longer has the version asked for (it was reclaimed); the caller refreshes and retries. */
+export class VersionGoneError extends Error {
+  override name = 'VersionGoneError';
+}
+
+function decodeHotValue(text: string): FeatureRow {
+  const array = JSON.parse(text) as unknown[];
+  return { eventTime: array[0] as string, values: array.slice(1) };
+}
+
+function encodeHotValue(row: FeatureRow): string {
+  return JSON.stringify([row.eventTime, ...row.values]);
+}
+
+export class FeatureReader {
+  constructor(
+    private readonly db: Database,
+    private readonly hot: HotTier | null,
+    private readonly options: ReaderOptions,
+  ) {}
+
+  async read(version: ServedVersion, ids: readonly string[]): Promise<ReadResult> {
+    const rows: (FeatureRow | null)[] = new Array(ids.length).fill(null);
+    let missing: number[] = ids.map((_, i) => i);
+    let hotError: Error | undefined;
+    let tier: Tier = 'postgres';
+
+    if (this.hot) {
+      try {
+        const values = await this.hot.get(ids.map((id) => hotKey(version.view, version.version, id)));
+        missing = [];
+        values.forEach((value, i) => {
+          if (value === null) missing.push(i);
+          else rows[i] = decodeHotValue(value);
+        });
+        tier = this.hot.kind;
+      } catch (error) {
+        hotError = error as Error;
+        this.options.onHotError?.(hotError);
+      }
+    }
+    if (missing.length === 0) return { rows, tier, hotError };
+
+    const wanted = missing.map((i) => ids[i]!);
+    const found = await this.readPostgres(version, wanted);
+    const fills: [string, string][] = [];
+    for (const i of missing) {
+      const row = found.get(ids[i]!);
+      if (!row) continue;
+      rows[i] = row;
+      if (this.hot && !hotError) fills.push([hotKey(version.view, version.version, ids[i]!), encodeHotValue(row)]);
+    }
+    // Filling is best effort and off the response path.
+    if (fills.length) void this.hot!.set(fills, this.options.fillTtlSeconds).catch((error: Error) => this.options.onHotError?.(error));
+    return { rows, tier: 'postgres', hotError };
+  }
+
+  private async readPostgres(version: ServedVersion, ids: readonly string[]): Promise<Map<string, FeatureRow>> {
+    let result: unknown[][];
+    try {
+      result = await this.db.query<unknown[]>(version.select.text, [ids], { name: version.select.name, rowMode: 'array' });
+    } catch (error) {
+      if ((error as { code?: string }).code === '42P01') throw new VersionGoneError(`version ${version.version} of ${version.view} is no longer stored`);
+      throw new StoreUnavailableError((error as Error).message);
+    }
+    const byId = new Map<string, FeatureRow>();
+    for (const row of result) byId.set(row[0] as string, { eventTime: row[1] as string, values: row.slice(2) });
+    return byId;
+  }
+}

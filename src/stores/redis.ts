@@ -1,0 +1,86 @@
+// Owns the Redis hot tier. Reads fail fast (no offline queue, a command
+// timeout) so that a slow or absent Redis costs a lookup milliseconds, not a
+// hang; the reader then answers from Postgres.
+import { Redis } from 'ioredis';
+import type { HotTier } from './hot-tier.js';
+import { hotKeyPrefix } from './hot-tier.js';
+
+export interface RedisOptions {
+  readonly url: string;
+  /** Bound on any one command; reads give up and fall back after this. */
+  readonly commandTimeoutMs: number;
+}
+
+const SCAN_COUNT = 1000;
+
+export class RedisHotTier implements HotTier {
+  readonly kind = 'redis' as const;
+  readonly client: Redis;
+
+  constructor(options: RedisOptions) {
+    this.client = new Redis(options.url, {
+      commandTimeout: options.commandTimeoutMs,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      connectTimeout: Math.max(options.commandTimeoutMs, 1000),
+      // Keep trying to reconnect in the background, at most every 2 s.
+      retryStrategy: (attempt) => Math.min(100 * attempt, 2000),
+      lazyConnect: false,
+    });
+    // Connection errors surface on each command; the event itself is not fatal.
+    this.client.on('error', () => undefined);
+  }
+
+  async get(keys: readonly string[]): Promise<(string | null)[]> {
+    if (keys.length === 1) return [await this.client.get(keys[0]!)];
+    return this.client.mget(...keys);
+  }
+
+  async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
+    if (entries.length === 0) return;
+    if (ttlSeconds) {
+      const pipeline = this.client.pipeline();
+      for (const [key, value] of entries) pipeline.set(key, value, 'EX', ttlSeconds);
+      const results = await pipeline.exec();
+      const failed = results?.find(([error]) => error);
+      if (failed) throw failed[0];
+      return;
+    }
+    await this.client.mset(...entries.flat());
+  }
+
+  async dropVersion(view: string, version: number): Promise<number> {
+    let cursor = '0';
+    let removed = 0;
+    do {
+      const [next, keys] = await this.client.scan(cursor, 'MATCH', `${hotKeyPrefix(view, version)}*`, 'COUNT', SCAN_COUNT);
+      cursor = next;
+      if (keys.length) removed += await this.client.unlink(...keys);
+    } while (cursor !== '0');
+    return removed;
+  }
+
+  /** Waits for the connection, so start-up can say plainly that Redis is unreachable. */
+  async ready(timeoutMs: number): Promise<void> {
+    if (this.client.status === 'ready') return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.client.off('ready', onReady);
+        reject(new Error(`Redis did not become ready within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onReady = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.client.once('ready', onReady);
+    });
+  }
+
+  async ping(): Promise<void> {
+    await this.client.ping();
+  }
+
+  async close(): Promise<void> {
+    this.client.disconnect();
+  }
+}

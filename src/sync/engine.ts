@@ -1,0 +1,271 @@
+// Owns one sync run, start to finish: read the Parquet source through DuckDB,
+// check it against the view's contract, stream it in bounded batches into a new
+// version table (COPY) and the hot tier (batched writes), then publish the
+// version in one Postgres transaction. Until that commit readers see the
+// previous version; after it, all of the new one. Any failure before it leaves
+// the previous version serving and removes what the run wrote.
+import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
+import type { JobDefinition } from '../jobs/definition.js';
+import type { Database, Queryable } from '../stores/database.js';
+import type { HotTier } from '../stores/hot-tier.js';
+import { hotKey } from '../stores/hot-tier.js';
+import { finishRun, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
+import type { Logger } from '../observability/log.js';
+import { checkContract, checkSql, createTableSql, judgeCheck, loadSql, projectionSql, sqlString, SyncDataError, type SourceColumn } from './plan.js';
+
+/** Published versions kept per view: the current one and the one before it (for lagging readers and rollback). */
+export const RETAINED_VERSIONS = 2;
+/** Hot-tier batches in flight at once: enough to keep Redis busy, few enough to bound memory. */
+const HOT_WRITES_IN_FLIGHT = 4;
+
+export interface SyncContext {
+  readonly db: Database;
+  readonly hot: HotTier;
+  readonly log: Logger;
+  /** Rows per COPY write and hot-tier batch. */
+  readonly batchRows: number;
+  /** Told the run id as soon as the run is recorded, so a supervisor can close it if this process dies. */
+  readonly onRunStarted?: (runId: number) => void;
+  /** Memory DuckDB may use before it spills to disk. */
+  readonly duckdbMemoryLimit?: string;
+}
+
+export interface RunSummary {
+  readonly runId: number;
+  readonly job: string;
+  readonly status: 'succeeded' | 'failed' | 'skipped';
+  readonly version: number | null;
+  readonly rowsRead: number;
+  readonly rowsWritten: number;
+  readonly watermark: string | null;
+  readonly error: string | null;
+  readonly durationMs: number;
+  readonly details: Record<string, unknown>;
+}
+
+export function jobLockKey(view: string): string {
+  return `featurestore:job:${view}`;
+}
+
+export async function runSync(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger): Promise<RunSummary> {
+  const started = Date.now();
+  const locked = await ctx.db.withAdvisoryLock(jobLockKey(job.view), () => runLocked(job, ctx, trigger, started));
+  if (locked.acquired) return locked.value;
+  const reason = 'another run of this job was in progress';
+  const runId = await recordSkippedRun(ctx.db, job.view, trigger, reason);
+  ctx.log.info('sync.run', { job: job.view, run_id: runId, status: 'skipped', trigger, reason });
+  return { runId, job: job.view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: Date.now() - started, details: {} };
+}
+
+async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, started: number): Promise<RunSummary> {
+  const { db, hot } = ctx;
+  // We hold the job's lock, so anything still marked running or loading belongs to a dead run.
+  const reclaimedBeforeRun = await reclaimDeadRuns(job.view, db, hot);
+  const runId = await startRun(db, job.view, trigger);
+  ctx.onRunStarted?.(runId);
+  const log = ctx.log.child({ job: job.view, run_id: runId, trigger });
+  const details: Record<string, unknown> = {};
+  if (reclaimedBeforeRun.length) details.reclaimed_dead_versions = reclaimedBeforeRun;
+  const phases: Record<string, number> = {};
+  let phaseStart = Date.now();
+  const phase = (name: string) => {
+    phases[name] = Date.now() - phaseStart;
+    phaseStart = Date.now();
+  };
+
+  let version: number | null = null;
+  let rowsRead = 0;
+  let rowsWritten = 0;
+  let watermark: string | null = null;
+  const duck = await DuckDBInstance.create(':memory:', { memory_limit: ctx.duckdbMemoryLimit ?? '512MB', threads: '2' });
+  const conn = await duck.connect();
+  try {
+    await conn.run(`SET TimeZone = 'UTC'; SET preserve_insertion_order = false`);
+    const columns = await describeSource(conn, job);
+    const { ignoredColumns } = checkContract(job, columns);
+    if (ignoredColumns.length) details.ignored_columns = ignoredColumns;
+    await conn.run(`CREATE VIEW projected AS ${projectionSql(job)}`);
+    const checked = judgeCheck(job, await queryOne(conn, checkSql(job)));
+    rowsRead = checked.rows;
+    watermark = checked.watermark;
+    phase('read_and_check');
+
+    version = await allocateVersion(db, job, runId);
+    const table = versionTable(job.view, version);
+    await db.query(createTableSql(table, job.features));
+    const written = await streamRows(conn, job, version, table, ctx);
+    rowsWritten = written.postgres;
+    if (written.postgres !== rowsRead || written.hot !== rowsRead) {
+      throw new Error(`row counts disagree: read ${rowsRead}, Postgres stored ${written.postgres}, hot tier stored ${written.hot}; nothing was published`);
+    }
+    phase('load');
+    await db.query(`ALTER TABLE ${table} ADD PRIMARY KEY (entity_id)`);
+    await db.query(`ANALYZE ${table}`);
+    phase('index');
+
+    await db.transaction(async (tx) => {
+      await publishVersion(tx, job.view, version!, watermark, rowsRead);
+      await finishRun(tx, runId, { status: 'succeeded', version, rowsRead, rowsWritten, watermark: watermark ? new Date(watermark) : null, details: { ...details, phases_ms: phases } });
+    });
+    phase('publish');
+    const reclaimed = await reclaimOldVersions(job.view, db, hot);
+    if (reclaimed.length) {
+      details.reclaimed_versions = reclaimed;
+      await db.query(`UPDATE ${META_SCHEMA}.runs SET details = details || $2::jsonb WHERE run_id = $1`, [runId, JSON.stringify({ reclaimed_versions: reclaimed })]);
+    }
+    const summary: RunSummary = { runId, job: job.view, status: 'succeeded', version, rowsRead, rowsWritten, watermark, error: null, durationMs: Date.now() - started, details: { ...details, phases_ms: phases } };
+    log.info('sync.run', { status: 'succeeded', version, rows_read: rowsRead, rows_written: rowsWritten, watermark, duration_ms: summary.durationMs, ...summary.details });
+    return summary;
+  } catch (caught) {
+    const error = describeError(caught);
+    if (caught instanceof SyncDataError) Object.assign(details, caught.details);
+    // Remove what this run wrote; the previous version was never touched.
+    if (version !== null) await discardVersion(job.view, version, db, hot).catch((cleanupError) => log.warn('sync.cleanup_failed', { version, error: cleanupError }));
+    await finishRun(db, runId, { status: 'failed', version, rowsRead, rowsWritten: 0, watermark: watermark ? new Date(watermark) : null, error, details: { ...details, phases_ms: phases } }).catch((recordError) =>
+      log.error('sync.record_failed', { error: recordError }),
+    );
+    const summary: RunSummary = { runId, job: job.view, status: 'failed', version, rowsRead, rowsWritten: 0, watermark, error, durationMs: Date.now() - started, details };
+    log.error('sync.run', { status: 'failed', version, rows_read: rowsRead, error, duration_ms: summary.durationMs, ...details });
+    return summary;
+  } finally {
+    conn.closeSync();
+    duck.closeSync();
+  }
+}
+
+function describeError(error: unknown): string {
+  if (error instanceof SyncDataError) return error.message;
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split('\n')[0]!.slice(0, 2000);
+}
+
+async function queryOne(conn: DuckDBConnection, sql: string): Promise<Record<string, unknown>> {
+  const reader = await conn.runAndReadAll(sql);
+  const [row] = reader.getRowObjectsJS();
+  return (row ?? {}) as Record<string, unknown>;
+}
+
+async function describeSource(conn: DuckDBConnection, job: JobDefinition): Promise<SourceColumn[]> {
+  try {
+    await conn.run(`CREATE VIEW source AS SELECT * FROM read_parquet(${sqlString(job.source)})`);
+  } catch (error) {
+    throw new SyncDataError(`cannot read the Parquet source ${job.source}: ${describeError(error)}`);
+  }
+  try {
+    await conn.run(`CREATE VIEW transformed AS ${job.transform ?? 'SELECT * FROM source'}`);
+  } catch (error) {
+    throw new SyncDataError(`the transform of view "${job.view}" (${job.file}) failed: ${describeError(error)}`);
+  }
+  const reader = await conn.runAndReadAll('DESCRIBE transformed');
+  return reader.getRowObjectsJS().map((row) => ({ name: String(row.column_name), type: String(row.column_type) }));
+}
+
+async function allocateVersion(db: Database, job: JobDefinition, runId: number): Promise<number> {
+  const features = JSON.stringify(job.features.map((f) => ({ name: f.name, type: f.type })));
+  const [row] = await db.query<{ version: number }>(
+    `INSERT INTO ${META_SCHEMA}.versions (view, version, run_id, state, features)
+     SELECT $1, coalesce(max(version), 0) + 1, $2, 'loading', $3::jsonb FROM ${META_SCHEMA}.versions WHERE view = $1
+     RETURNING version`,
+    [job.view, runId, features],
+  );
+  const version = Number(row!.version);
+  await db.query(`UPDATE ${META_SCHEMA}.runs SET version = $2 WHERE run_id = $1`, [runId, version]);
+  return version;
+}
+
+/** Streams DuckDB's rows into COPY and the hot tier at once, a bounded batch at a time. */
+async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext): Promise<{ postgres: number; hot: number }> {
+  const copy = await ctx.db.openCopy(table, ['entity_id', 'event_time', ...job.features.map((f) => f.name)]);
+  const inFlight: Promise<void>[] = [];
+  let hotRows = 0;
+  let csv: string[] = [];
+  let entries: [string, string][] = [];
+  const flush = async () => {
+    if (csv.length === 0) return;
+    const batch = entries;
+    const text = csv.join('\n') + '\n';
+    csv = [];
+    entries = [];
+    const write = ctx.hot.set(batch).then(() => void (hotRows += batch.length));
+    write.catch(() => undefined); // handled when awaited; keeps an early failure from being "unhandled"
+    inFlight.push(write);
+    if (inFlight.length >= HOT_WRITES_IN_FLIGHT) await inFlight.shift();
+    await copy.write(text);
+  };
+  try {
+    const result = await conn.stream(loadSql(job));
+    for (;;) {
+      const chunk = await result.fetchChunk();
+      if (!chunk || chunk.rowCount === 0) break;
+      const ids = chunk.getColumnVector(0);
+      const lines = chunk.getColumnVector(1);
+      const values = chunk.getColumnVector(2);
+      for (let i = 0; i < chunk.rowCount; i++) {
+        csv.push(lines.getItem(i) as string);
+        entries.push([hotKey(job.view, version, ids.getItem(i) as string), values.getItem(i) as string]);
+      }
+      if (csv.length >= ctx.batchRows) await flush();
+    }
+    await flush();
+    await Promise.all(inFlight);
+    return { postgres: await copy.finish(), hot: hotRows };
+  } catch (error) {
+    await Promise.allSettled(inFlight);
+    await copy.abort(error as Error);
+    throw error;
+  }
+}
+
+async function publishVersion(tx: Queryable, view: string, version: number, watermark: string | null, rows: number): Promise<void> {
+  await tx.query(`UPDATE ${META_SCHEMA}.versions SET state = 'published', published_at = now(), as_of = $3, row_count = $4 WHERE view = $1 AND version = $2`, [
+    view,
+    version,
+    watermark,
+    rows,
+  ]);
+  await tx.query(
+    `INSERT INTO ${META_SCHEMA}.views (view, current_version, previous_version, switched_at) VALUES ($1, $2, NULL, now())
+     ON CONFLICT (view) DO UPDATE SET previous_version = ${META_SCHEMA}.views.current_version, current_version = EXCLUDED.current_version, switched_at = now()`,
+    [view, version],
+  );
+}
+
+async function discardVersion(view: string, version: number, db: Database, hot: HotTier): Promise<number> {
+  await db.query(`DROP TABLE IF EXISTS ${versionTable(view, version)}`);
+  const keys = await hot.dropVersion(view, version);
+  await db.query(`UPDATE ${META_SCHEMA}.versions SET state = 'dropped' WHERE view = $1 AND version = $2`, [view, version]);
+  return keys;
+}
+
+export interface ReclaimedVersion {
+  readonly version: number;
+  readonly hot_keys: number;
+}
+
+/** Drops published versions older than the retained ones. */
+export async function reclaimOldVersions(view: string, db: Database, hot: HotTier): Promise<ReclaimedVersion[]> {
+  const rows = await db.query<{ version: number }>(
+    `SELECT ver.version FROM ${META_SCHEMA}.versions ver JOIN ${META_SCHEMA}.views v ON v.view = ver.view
+      WHERE ver.view = $1 AND ver.state = 'published'
+        AND ver.version <> v.current_version AND ver.version IS DISTINCT FROM v.previous_version
+      ORDER BY ver.version`,
+    [view],
+  );
+  const reclaimed: ReclaimedVersion[] = [];
+  for (const { version } of rows) reclaimed.push({ version: Number(version), hot_keys: await discardVersion(view, Number(version), db, hot) });
+  return reclaimed;
+}
+
+/** Closes runs and versions a dead process left behind; called holding the job's lock. */
+async function reclaimDeadRuns(view: string, db: Database, hot: HotTier): Promise<ReclaimedVersion[]> {
+  await db.query(
+    `UPDATE ${META_SCHEMA}.runs SET status = 'abandoned', finished_at = now(),
+            error = coalesce(error, 'the process running it stopped before the run finished; nothing of it was published')
+      WHERE job = $1 AND status = 'running'`,
+    [view],
+  );
+  const rows = await db.query<{ version: number }>(`SELECT version FROM ${META_SCHEMA}.versions WHERE view = $1 AND state = 'loading'`, [view]);
+  const reclaimed: ReclaimedVersion[] = [];
+  for (const { version } of rows) reclaimed.push({ version: Number(version), hot_keys: await discardVersion(view, Number(version), db, hot) });
+  return reclaimed;
+}

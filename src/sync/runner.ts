@@ -1,0 +1,121 @@
+// Owns running syncs from the server: one child process per run, at most one
+// run per job in this process, a time limit, and the outcome turned into
+// metrics and a catalog refresh. A child that dies or overruns is killed and
+// its run closed as failed; what it wrote is never published.
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { Config } from '../config/index.js';
+import type { JobDefinition } from '../jobs/definition.js';
+import type { Database } from '../stores/database.js';
+import type { HotTier } from '../stores/hot-tier.js';
+import { finishRun, recordSkippedRun, type RunTrigger } from '../stores/metadata.js';
+import type { Logger } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { ChildMessage, ChildRequest } from './child.js';
+import type { RunSummary } from './engine.js';
+import { StoreHost, type Call } from './remote.js';
+
+export interface SyncRunnerDeps {
+  readonly config: Config;
+  readonly jobs: readonly JobDefinition[];
+  readonly db: Database;
+  /** The parent's hot tier, served to children in the embedded mode. */
+  readonly hot: HotTier;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** Called after every run that published a version. */
+  readonly onPublished: (summary: RunSummary) => Promise<void> | void;
+}
+
+export class UnknownJobError extends Error {
+  override name = 'UnknownJobError';
+}
+
+function childEntry(): { path: string; execArgv: string[] } {
+  const url = new URL(import.meta.url.endsWith('.ts') ? './child.ts' : './child.js', import.meta.url);
+  // Under the test runner the sources are TypeScript; tsx loads them in the child too.
+  return { path: fileURLToPath(url), execArgv: url.pathname.endsWith('.ts') ? ['--import', 'tsx'] : [] };
+}
+
+export class SyncRunner {
+  private readonly running = new Map<string, Promise<RunSummary>>();
+  private readonly jobs: Map<string, JobDefinition>;
+
+  constructor(private readonly deps: SyncRunnerDeps) {
+    this.jobs = new Map(deps.jobs.map((job) => [job.view, job]));
+  }
+
+  isRunning(view: string): boolean {
+    return this.running.has(view);
+  }
+
+  /** Runs a job now unless it is already running here (then the run is recorded as skipped). */
+  async run(view: string, trigger: RunTrigger): Promise<RunSummary> {
+    const job = this.jobs.get(view);
+    if (!job) throw new UnknownJobError(`no sync job "${view}"; jobs: ${[...this.jobs.keys()].join(', ')}`);
+    if (this.running.has(view)) {
+      const reason = 'a run of this job was already in progress in this process';
+      const runId = await recordSkippedRun(this.deps.db, view, trigger, reason);
+      this.deps.metrics.syncRuns.inc({ job: view, status: 'skipped' });
+      return { runId, job: view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: 0, details: {} };
+    }
+    const promise = this.runChild(job, trigger).finally(() => this.running.delete(view));
+    this.running.set(view, promise);
+    const summary = await promise;
+    this.record(summary);
+    if (summary.status === 'succeeded') await this.deps.onPublished(summary);
+    return summary;
+  }
+
+  /** Waits for every run in progress (used at shutdown). */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.running.values()]);
+  }
+
+  private record(summary: RunSummary): void {
+    const { metrics } = this.deps;
+    metrics.syncRuns.inc({ job: summary.job, status: summary.status });
+    if (summary.status === 'skipped') return;
+    metrics.syncDuration.observe({ job: summary.job, status: summary.status }, summary.durationMs / 1000);
+    if (summary.status === 'succeeded') metrics.syncRows.inc({ job: summary.job }, summary.rowsWritten);
+  }
+
+  private runChild(job: JobDefinition, trigger: RunTrigger): Promise<RunSummary> {
+    const { config, db, hot, log } = this.deps;
+    const started = Date.now();
+    const entry = childEntry();
+    const child = fork(entry.path, [], { execArgv: entry.execArgv, serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const host = config.embedded ? new StoreHost(db, hot) : undefined;
+    let runId: number | undefined;
+    let summary: RunSummary | undefined;
+
+    return new Promise<RunSummary>((resolve) => {
+      const timer = setTimeout(() => {
+        log.error('sync.timeout', { job: job.view, run_id: runId, limit_ms: config.syncTimeoutMs });
+        child.kill('SIGKILL');
+      }, config.syncTimeoutMs);
+      child.on('message', (message: ChildMessage | Call) => {
+        if (message.t === 'call') {
+          if (host) void host.handle(message).then((reply) => child.connected && child.send(reply));
+        } else if (message.t === 'started') runId = message.runId;
+        else if (message.t === 'done') summary = message.summary;
+      });
+      child.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        void (async () => {
+          await host?.release();
+          if (summary) return resolve(summary);
+          const timedOut = Date.now() - started >= config.syncTimeoutMs;
+          const error = timedOut
+            ? `the run exceeded SYNC_TIMEOUT_SECONDS (${config.syncTimeoutMs / 1000} s) and was stopped; nothing of it was published`
+            : `the sync process exited (${signal ?? `code ${code}`}) before finishing; nothing of it was published`;
+          // The child's lock died with it (or with its connection); close its run record here.
+          if (runId !== undefined) await finishRun(db, runId, { status: 'failed', error }).catch(() => undefined);
+          log.error('sync.run', { job: job.view, run_id: runId, status: 'failed', error });
+          resolve({ runId: runId ?? -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error, durationMs: Date.now() - started, details: {} });
+        })();
+      });
+      child.send({ t: 'run', job, trigger, config, remote: config.embedded ? { db: db.kind, hot: hot.kind } : undefined } satisfies ChildRequest);
+    });
+  }
+}
