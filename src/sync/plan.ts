@@ -126,6 +126,7 @@ export function checkSql(job: JobDefinition): string {
     const col = quoteIdent(f.name);
     if (f.type === 'double') return [`count(*) FILTER (WHERE NOT isfinite(${col})) AS ${quoteIdent(`nonfinite:${f.name}`)}`];
     if (f.type === 'integer') return [`count(*) FILTER (WHERE abs(${col}) > ${MAX_SAFE_INTEGER}) AS ${quoteIdent(`unsafe:${f.name}`)}`];
+    if (f.type === 'string') return [`count(*) FILTER (WHERE contains(${col}, chr(0))) AS ${quoteIdent(`nul:${f.name}`)}`];
     return [];
   });
   return `SELECT
@@ -156,6 +157,7 @@ export function judgeCheck(job: JobDefinition, row: Record<string, unknown>): Ch
   if (n('null_event_times')) problems.push(`${n('null_event_times')} row(s) have no event time (column "${job.eventTime}" is null)`);
   for (const f of job.features) {
     if (n(`nonfinite:${f.name}`)) problems.push(`feature "${f.name}" has ${n(`nonfinite:${f.name}`)} NaN or infinite value(s), which JSON cannot carry`);
+    if (n(`nul:${f.name}`)) problems.push(`feature "${f.name}" has ${n(`nul:${f.name}`)} value(s) containing a NUL character, which Postgres text cannot store`);
     if (n(`unsafe:${f.name}`)) problems.push(`feature "${f.name}" has ${n(`unsafe:${f.name}`)} value(s) beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly`);
   }
   if (problems.length) throw new SyncDataError(`the data of view "${job.view}" was refused: ${problems.join('; ')}`, { data_problems: problems });
