@@ -1,0 +1,65 @@
+// `npm run sync -- <job>` runs one job once and says plainly how it went, with
+// an exit code a scheduler or a shell script can act on.
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { freshDatabase } from '../support/db.js';
+import { tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
+import { startRedis, type RedisServer } from '../support/servers.js';
+
+describe('npm run sync -- <job>', () => {
+  let redis: RedisServer;
+  let database: { url: string; drop(): Promise<void> };
+  let dir: string;
+
+  const sync = (args: string[], env: Record<string, string> = {}) =>
+    spawnSync(process.execPath, ['--import', 'tsx', path.resolve('src/cli/sync.ts'), ...args], {
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, ...env },
+      timeout: 60_000,
+    });
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    database = await freshDatabase(inject('databaseUrl'), 'cli');
+    dir = await tempDir('cli');
+    const good = await writeParquet(path.join(dir, 'good.parquet'), `SELECT 'u' || i AS id, TIMESTAMP '2026-01-01' AS t, i AS n FROM range(1, 101) t(i)`);
+    const bad = await writeParquet(path.join(dir, 'bad.parquet'), `SELECT 'u' || i AS id, TIMESTAMP '2026-01-01' AS t, 'text' AS n FROM range(1, 11) t(i)`);
+    await writeJobs(dir, [
+      { view: 'good', source: good, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } },
+      { view: 'bad', source: bad, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } },
+    ]);
+  });
+
+  afterAll(async () => {
+    await redis?.destroy();
+    await database?.drop();
+  });
+
+  it('exits 0 and prints the run record when the run succeeds', () => {
+    const result = sync(['good']);
+    expect(result.status, result.stderr).toBe(0);
+    expect(JSON.parse(result.stdout)).toMatchObject({ job: 'good', status: 'succeeded', version: 1, rowsRead: 100, rowsWritten: 100 });
+  });
+
+  it('exits 1 with the reason when the run fails', () => {
+    const result = sync(['bad']);
+    expect(result.status).toBe(1);
+    expect(result.stderr).toMatch(/sync of bad failed \(run \d+\): .*feature column "n" has type VARCHAR, expected integer/);
+  });
+
+  it('exits 2 on an unknown job, bad usage or the embedded mode', () => {
+    expect(sync(['nope']).stderr).toMatch(/no sync job "nope" in .*; jobs: bad, good/);
+    expect(sync(['nope']).status).toBe(2);
+    expect(sync([]).status).toBe(2);
+    const embedded = sync(['good'], { DATABASE_URL: '', REDIS_URL: '' });
+    expect(embedded.status).toBe(2);
+    expect(embedded.stderr).toMatch(/needs DATABASE_URL and REDIS_URL/);
+  });
+
+  it('exits 1 naming the store when Postgres is unreachable', () => {
+    const result = sync(['good'], { DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none' });
+    expect(result.status).toBe(1);
+    expect(result.stderr).toMatch(/sync of good could not run: .*ECONNREFUSED/);
+  });
+});
