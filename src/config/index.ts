@@ -21,6 +21,8 @@ const envSchema = z.object({
   SCHEDULER_ENABLED: bool.default(true),
   SYNC_TIMEOUT_SECONDS: positiveInt.default(3600),
   SYNC_BATCH_ROWS: positiveInt.max(1_000_000).default(8192),
+  SYNC_RETRY_ATTEMPTS: positiveInt.max(20).default(3),
+  SYNC_RETRY_BASE_MS: positiveInt.default(1000),
   CATALOG_REFRESH_MS: positiveInt.default(1000),
   BATCH_MAX_IDS: positiveInt.max(10_000).default(1000),
   REDIS_TIMEOUT_MS: positiveInt.default(250),
@@ -45,6 +47,8 @@ export interface Config {
   readonly schedulerEnabled: boolean;
   readonly syncTimeoutMs: number;
   readonly syncBatchRows: number;
+  /** Attempts for a run that fails on a connection or timeout; the wait doubles each time, with jitter. */
+  readonly syncRetry: { readonly attempts: number; readonly baseDelayMs: number };
   readonly catalogRefreshMs: number;
   readonly batchMaxIds: number;
   readonly redisTimeoutMs: number;
@@ -89,6 +93,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     schedulerEnabled: e.SCHEDULER_ENABLED,
     syncTimeoutMs: e.SYNC_TIMEOUT_SECONDS * 1000,
     syncBatchRows: e.SYNC_BATCH_ROWS,
+    syncRetry: Object.freeze({ attempts: e.SYNC_RETRY_ATTEMPTS, baseDelayMs: e.SYNC_RETRY_BASE_MS }),
     catalogRefreshMs: e.CATALOG_REFRESH_MS,
     batchMaxIds: e.BATCH_MAX_IDS,
     redisTimeoutMs: e.REDIS_TIMEOUT_MS,

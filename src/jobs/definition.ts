@@ -12,6 +12,7 @@ export const ENTITY_ID_PATTERN = '^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$';
 export const ENTITY_ID_MAX_LENGTH = 128;
 
 const NAME_PATTERN = /^[a-z][a-z0-9_]{0,47}$/;
+const TOP_LEVEL_FIELDS = 'view, description, source, transform, entity_key, event_time, features, schedule, freshness, max_reject_share, max_row_drop, deprecated';
 /** Columns every version table has besides the features. */
 export const RESERVED_COLUMNS = new Set(['entity_id', 'event_time']);
 
@@ -49,9 +50,41 @@ const cron = z.string().superRefine((expr, ctx) => {
 const identifier = (what: string) =>
   z.string().regex(NAME_PATTERN, `expected a ${what} of lowercase letters, digits and _ (starting with a letter, at most 48 characters)`);
 
-const featureSchema = z.strictObject({
-  type: z.enum(FEATURE_TYPES, { error: () => `expected one of ${FEATURE_TYPES.join(', ')}` }),
-  description: z.string().optional(),
+export const EPOCH_UNITS = ['s', 'ms', 'us'] as const;
+export type EpochUnit = (typeof EPOCH_UNITS)[number];
+const epochUnit = z.enum(EPOCH_UNITS, { error: () => 'expected an epoch unit: s, ms or us' });
+
+const featureSchema = z
+  .strictObject({
+    type: z.enum(FEATURE_TYPES, { error: () => `expected one of ${FEATURE_TYPES.join(', ')}` }),
+    description: z.string().optional(),
+    /** false: a null value rejects the row. */
+    nullable: z.boolean().default(true),
+    min: z.number().optional(),
+    max: z.number().optional(),
+    allowed: z.array(z.union([z.string(), z.number(), z.boolean()])).min(1, 'expected at least one allowed value').optional(),
+    /** For a timestamp kept as an epoch number in the source: its unit. */
+    unit: epochUnit.optional(),
+  })
+  .superRefine((f, ctx) => {
+    const numeric = f.type === 'integer' || f.type === 'double';
+    if ((f.min !== undefined || f.max !== undefined) && !numeric) ctx.addIssue({ code: 'custom', message: `min and max apply to integer and double features, not ${f.type}` });
+    if (f.min !== undefined && f.max !== undefined && f.min > f.max) ctx.addIssue({ code: 'custom', path: ['min'], message: `min (${f.min}) is above max (${f.max})` });
+    if (f.unit && f.type !== 'timestamp') ctx.addIssue({ code: 'custom', path: ['unit'], message: `unit applies to timestamp features, not ${f.type}` });
+    if (f.allowed && f.type === 'timestamp') ctx.addIssue({ code: 'custom', path: ['allowed'], message: 'allowed values do not apply to timestamp features' });
+  });
+
+const eventTimeSchema = z.union([
+  z.string().min(1, 'expected the name of the event-time column'),
+  z.strictObject({ column: z.string().min(1), unit: epochUnit }),
+]);
+
+const share = z.number().min(0, 'expected a share between 0 and 1').max(1, 'expected a share between 0 and 1');
+
+const deprecationSchema = z.strictObject({
+  since: z.coerce.date({ error: () => 'expected a date such as 2026-12-01' }),
+  sunset: z.coerce.date({ error: () => 'expected a date such as 2027-06-30' }),
+  successor: z.string().regex(NAME_PATTERN, 'expected the name of the view that replaces this one').optional(),
 });
 
 const definitionSchema = z
@@ -61,14 +94,23 @@ const definitionSchema = z
     source: z.string().min(1, 'expected a Parquet file path or glob'),
     transform: z.string().min(1).optional(),
     entity_key: z.string().min(1, 'expected the name of the entity key column'),
-    event_time: z.string().min(1, 'expected the name of the event-time column'),
+    event_time: eventTimeSchema,
     features: z
       .record(identifier('feature name'), featureSchema)
       .refine((features) => Object.keys(features).length > 0, 'expected at least one feature'),
     schedule: cron,
     freshness: duration,
+    /** Share of rows that may break constraints before the run fails (they are left out and recorded). */
+    max_reject_share: share.default(0),
+    /** A snapshot may have at most this share fewer rows than the version it replaces, unless forced. */
+    max_row_drop: share.default(0.5),
+    deprecated: deprecationSchema.optional(),
   })
   .superRefine((def, ctx) => {
+    if (def.deprecated && def.deprecated.sunset < def.deprecated.since) {
+      ctx.addIssue({ code: 'custom', path: ['deprecated', 'sunset'], message: 'the sunset date must not be before the deprecation date (since)' });
+    }
+    if (def.deprecated?.successor === def.view) ctx.addIssue({ code: 'custom', path: ['deprecated', 'successor'], message: 'a view cannot succeed itself' });
     for (const name of Object.keys(def.features)) {
       if (RESERVED_COLUMNS.has(name)) {
         ctx.addIssue({ code: 'custom', path: ['features', name], message: `"${name}" is reserved; rename the feature` });
@@ -80,6 +122,17 @@ export interface FeatureDefinition {
   readonly name: string;
   readonly type: FeatureType;
   readonly description: string | undefined;
+  readonly nullable: boolean;
+  readonly min: number | undefined;
+  readonly max: number | undefined;
+  readonly allowed: readonly (string | number | boolean)[] | undefined;
+  readonly unit: EpochUnit | undefined;
+}
+
+export interface Deprecation {
+  readonly since: Date;
+  readonly sunset: Date;
+  readonly successor: string | undefined;
 }
 
 export interface JobDefinition {
@@ -93,9 +146,14 @@ export interface JobDefinition {
   readonly transform: string | undefined;
   readonly entityKey: string;
   readonly eventTime: string;
+  /** Set when the event-time column holds epoch numbers in this unit. */
+  readonly eventTimeUnit: EpochUnit | undefined;
   readonly features: readonly FeatureDefinition[];
   readonly schedule: string;
   readonly freshnessSeconds: number;
+  readonly maxRejectShare: number;
+  readonly maxRowDrop: number;
+  readonly deprecated: Deprecation | undefined;
 }
 
 export class JobDefinitionError extends Error {
@@ -116,7 +174,7 @@ export function parseJobDefinition(file: string, text: string): JobDefinition {
       const field = issue.path.length ? issue.path.join('.') : '(top level)';
       const message =
         issue.code === 'unrecognized_keys'
-          ? `unknown field(s) ${issue.keys.map((key) => `"${key}"`).join(', ')}; expected only view, description, source, transform, entity_key, event_time, features, schedule, freshness`
+          ? `unknown field(s) ${issue.keys.map((key) => `"${key}"`).join(', ')}; expected only ${issue.path.length ? 'the documented fields here' : TOP_LEVEL_FIELDS}`
           : issue.code === 'invalid_type' && issue.input === undefined
             ? 'is required'
             : issue.message;
@@ -129,7 +187,8 @@ export function parseJobDefinition(file: string, text: string): JobDefinition {
   if (stem !== def.view) {
     throw new JobDefinitionError(`${file}: view: the view is "${def.view}" but the file is named "${path.basename(file)}"; name the file ${def.view}.yaml`);
   }
-  const columns = [def.entity_key, def.event_time, ...Object.keys(def.features)];
+  const eventTime = typeof def.event_time === 'string' ? { column: def.event_time, unit: undefined } : def.event_time;
+  const columns = [def.entity_key, eventTime.column, ...Object.keys(def.features)];
   const repeated = columns.find((column, index) => columns.indexOf(column) !== index);
   if (repeated) {
     throw new JobDefinitionError(`${file}: column "${repeated}" is named twice among entity_key, event_time and features; each must be its own column`);
@@ -141,10 +200,16 @@ export function parseJobDefinition(file: string, text: string): JobDefinition {
     source: path.resolve(path.dirname(file), def.source),
     transform: def.transform,
     entityKey: def.entity_key,
-    eventTime: def.event_time,
-    features: Object.entries(def.features).map(([name, f]) => Object.freeze({ name, type: f.type, description: f.description })),
+    eventTime: eventTime.column,
+    eventTimeUnit: eventTime.unit,
+    features: Object.entries(def.features).map(([name, f]) =>
+      Object.freeze({ name, type: f.type, description: f.description, nullable: f.nullable, min: f.min, max: f.max, allowed: f.allowed, unit: f.unit }),
+    ),
     schedule: def.schedule,
     freshnessSeconds: def.freshness,
+    maxRejectShare: def.max_reject_share,
+    maxRowDrop: def.max_row_drop,
+    deprecated: def.deprecated ? Object.freeze({ since: def.deprecated.since, sunset: def.deprecated.sunset, successor: def.deprecated.successor }) : undefined,
   });
 }
 

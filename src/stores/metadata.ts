@@ -26,6 +26,15 @@ CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.runs (
   details      jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 CREATE INDEX IF NOT EXISTS runs_job_started ON ${META_SCHEMA}.runs (job, run_id DESC);
+CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.rejects (
+  run_id      bigint NOT NULL,
+  job         text NOT NULL,
+  entity_id   text,
+  column_name text NOT NULL,
+  reason      text NOT NULL,
+  created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS rejects_run ON ${META_SCHEMA}.rejects (run_id);
 CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.versions (
   view         text NOT NULL,
   version      bigint NOT NULL,

@@ -10,13 +10,14 @@ import type { RunTrigger } from '../stores/metadata.js';
 import { PostgresDatabase } from '../stores/postgres.js';
 import { RedisHotTier } from '../stores/redis.js';
 import { createLogger } from '../observability/log.js';
-import { runSync, type RunSummary } from './engine.js';
+import { runSync, type RunOptions, type RunSummary } from './engine.js';
 import { RemoteStores } from './remote.js';
 
 export type ChildRequest = {
   t: 'run';
   job: JobDefinition;
   trigger: RunTrigger;
+  options: RunOptions;
   config: Config;
   /** Set in the embedded mode: the stores live in the parent. */
   remote?: { db: Database['kind']; hot: HotTier['kind'] };
@@ -54,7 +55,12 @@ async function run(request: ChildRequest): Promise<void> {
   }
   const log = createLogger(config.logLevel, { component: 'sync', pid: process.pid });
   try {
-    const summary = await runSync(job, { db, hot, log, batchRows: config.syncBatchRows, onRunStarted: (runId) => void send({ t: 'started', runId }) }, request.trigger);
+    const summary = await runSync(
+      job,
+      { db, hot, log, batchRows: config.syncBatchRows, retry: config.syncRetry, onRunStarted: (runId) => void send({ t: 'started', runId }) },
+      request.trigger,
+      request.options,
+    );
     await send({ t: 'done', summary });
   } finally {
     await Promise.allSettled([db.close(), hot.close()]);

@@ -5,13 +5,32 @@
 // previous version; after it, all of the new one. Any failure before it leaves
 // the previous version serving and removes what the run wrote.
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
-import type { JobDefinition } from '../jobs/definition.js';
+import type { FeatureType, JobDefinition } from '../jobs/definition.js';
 import type { Database, Queryable } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey } from '../stores/hot-tier.js';
 import { finishRun, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
 import type { Logger } from '../observability/log.js';
-import { checkContract, checkSql, createTableSql, judgeCheck, loadSql, projectionSql, sqlString, SyncDataError, type SourceColumn } from './plan.js';
+import {
+  checkCompatibility,
+  checkContract,
+  checkedSql,
+  createTableSql,
+  epochMediansSql,
+  judgeEpochUnits,
+  judgeRejects,
+  judgeSnapshot,
+  loadSql,
+  projectionSql,
+  REJECT_SAMPLE_SQL,
+  REJECT_SUMMARY_SQL,
+  sqlString,
+  STATS_SQL,
+  SyncDataError,
+  toRunStats,
+  type RunStats,
+  type SourceColumn,
+} from './plan.js';
 
 /** Published versions kept per view: the current one and the one before it (for lagging readers and rollback). */
 export const RETAINED_VERSIONS = 2;
@@ -28,6 +47,13 @@ export interface SyncContext {
   readonly onRunStarted?: (runId: number) => void;
   /** Memory DuckDB may use before it spills to disk. */
   readonly duckdbMemoryLimit?: string;
+  /** Transient failures (connections, timeouts) are retried this many times in all, with backoff. */
+  readonly retry?: { readonly attempts: number; readonly baseDelayMs: number };
+}
+
+export interface RunOptions {
+  /** Publish even an empty or shrunken snapshot. */
+  readonly force?: boolean;
 }
 
 export interface RunSummary {
@@ -41,15 +67,48 @@ export interface RunSummary {
   readonly error: string | null;
   readonly durationMs: number;
   readonly details: Record<string, unknown>;
+  /** The failure was of a connection or a timeout: a later attempt may succeed. */
+  readonly transient?: boolean;
+}
+
+const DEFAULT_RETRY = { attempts: 3, baseDelayMs: 1000 };
+
+const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006', '53300', '40001', '40P01']);
+const TRANSIENT_MESSAGES = /Connection terminated|Connection is closed|connect ECONNREFUSED|Command timed out|timeout exceeded when trying to connect|Stream isn't writeable|enableOfflineQueue|MaxRetriesPerRequest/i;
+
+/** Connection losses and timeouts are worth another try; data and contract errors are not. */
+export function isTransient(error: unknown): boolean {
+  if (error instanceof SyncDataError) return false;
+  const e = error as { code?: string; message?: string };
+  return (e.code !== undefined && TRANSIENT_CODES.has(e.code)) || TRANSIENT_MESSAGES.test(e.message ?? '');
 }
 
 export function jobLockKey(view: string): string {
   return `featurestore:job:${view}`;
 }
 
-export async function runSync(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger): Promise<RunSummary> {
+/**
+ * Runs a job once, retrying transient failures with exponential backoff and
+ * jitter; each attempt is its own run record. Another run holding the job's
+ * lock (in any process) makes this one a recorded skip.
+ */
+export async function runSync(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, options: RunOptions = {}): Promise<RunSummary> {
+  const retry = ctx.retry ?? DEFAULT_RETRY;
+  for (let attempt = 1; ; attempt++) {
+    const summary = await runAttempt(job, ctx, trigger, options).catch((error: unknown): RunSummary => {
+      // Failing before a run could be recorded (no lock, no connection): report it the same way.
+      return { runId: -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: describeError(error), durationMs: 0, details: {}, transient: isTransient(error) };
+    });
+    if (summary.status !== 'failed' || !summary.transient || attempt >= retry.attempts) return summary;
+    const delay = retry.baseDelayMs * 2 ** (attempt - 1) * (0.5 + Math.random());
+    ctx.log.warn('sync.retry', { job: job.view, run_id: summary.runId, attempt, of: retry.attempts, delay_ms: Math.round(delay), error: summary.error });
+    await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+}
+
+async function runAttempt(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, options: RunOptions): Promise<RunSummary> {
   const started = Date.now();
-  const locked = await ctx.db.withAdvisoryLock(jobLockKey(job.view), () => runLocked(job, ctx, trigger, started));
+  const locked = await ctx.db.withAdvisoryLock(jobLockKey(job.view), () => runLocked(job, ctx, trigger, options, started));
   if (locked.acquired) return locked.value;
   const reason = 'another run of this job was in progress';
   const runId = await recordSkippedRun(ctx.db, job.view, trigger, reason);
@@ -57,7 +116,7 @@ export async function runSync(job: JobDefinition, ctx: SyncContext, trigger: Run
   return { runId, job: job.view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: Date.now() - started, details: {} };
 }
 
-async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, started: number): Promise<RunSummary> {
+async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, options: RunOptions, started: number): Promise<RunSummary> {
   const { db, hot } = ctx;
   // We hold the job's lock, so anything still marked running or loading belongs to a dead run.
   const reclaimedBeforeRun = await reclaimDeadRuns(job.view, db, hot);
@@ -84,19 +143,31 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     const columns = await describeSource(conn, job);
     const { ignoredColumns } = checkContract(job, columns);
     if (ignoredColumns.length) details.ignored_columns = ignoredColumns;
+    const previous = await currentVersion(db, job.view);
+    if (previous) checkCompatibility(job, previous.features);
+    const mediansSql = epochMediansSql(job);
+    if (mediansSql) judgeEpochUnits(job, await queryOne(conn, mediansSql));
     await conn.run(`CREATE VIEW projected AS ${projectionSql(job)}`);
-    const checked = judgeCheck(job, await queryOne(conn, checkSql(job)));
-    rowsRead = checked.rows;
-    watermark = checked.watermark;
+    await conn.run(`CREATE VIEW checked AS ${checkedSql(job)}`);
+    const stats = toRunStats(await queryOne(conn, STATS_SQL));
+    rowsRead = stats.rowsRead;
+    watermark = stats.watermark;
+    Object.assign(details, { rows_rejected: stats.rejected, duplicates_dropped: stats.duplicates });
+    if (stats.rejected) await recordRejects(conn, db, job, runId, stats);
+    judgeSnapshot(job, stats, previous, options.force === true);
+    if (options.force) details.forced = true;
     phase('read_and_check');
 
     version = await allocateVersion(db, job, runId);
     const table = versionTable(job.view, version);
     await db.query(createTableSql(table, job.features));
-    const written = await streamRows(conn, job, version, table, ctx);
+    const written = await streamRows(conn, job, version, table, ctx, stats.duplicates > 0);
     rowsWritten = written.postgres;
-    if (written.postgres !== rowsRead || written.hot !== rowsRead) {
-      throw new Error(`row counts disagree: read ${rowsRead}, Postgres stored ${written.postgres}, hot tier stored ${written.hot}; nothing was published`);
+    // Every row read is accounted for: written, rejected, or a duplicate that lost.
+    if (written.postgres !== stats.entities || written.hot !== stats.entities) {
+      throw new Error(
+        `row counts disagree: read ${rowsRead} (${stats.rejected} rejected, ${stats.duplicates} duplicates), expected ${stats.entities} to write, Postgres stored ${written.postgres}, hot tier ${written.hot}; nothing was published`,
+      );
     }
     phase('load');
     await db.query(`ALTER TABLE ${table} ADD PRIMARY KEY (entity_id)`);
@@ -104,7 +175,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     phase('index');
 
     await db.transaction(async (tx) => {
-      await publishVersion(tx, job.view, version!, watermark, rowsRead);
+      await publishVersion(tx, job.view, version!, watermark, rowsWritten);
       await finishRun(tx, runId, { status: 'succeeded', version, rowsRead, rowsWritten, watermark: watermark ? new Date(watermark) : null, details: { ...details, phases_ms: phases } });
     });
     phase('publish');
@@ -124,7 +195,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     await finishRun(db, runId, { status: 'failed', version, rowsRead, rowsWritten: 0, watermark: watermark ? new Date(watermark) : null, error, details: { ...details, phases_ms: phases } }).catch((recordError) =>
       log.error('sync.record_failed', { error: recordError }),
     );
-    const summary: RunSummary = { runId, job: job.view, status: 'failed', version, rowsRead, rowsWritten: 0, watermark, error, durationMs: Date.now() - started, details };
+    const summary: RunSummary = { runId, job: job.view, status: 'failed', version, rowsRead, rowsWritten: 0, watermark, error, durationMs: Date.now() - started, details, transient: isTransient(caught) };
     log.error('sync.run', { status: 'failed', version, rows_read: rowsRead, error, duration_ms: summary.durationMs, ...details });
     return summary;
   } finally {
@@ -160,6 +231,29 @@ async function describeSource(conn: DuckDBConnection, job: JobDefinition): Promi
   return reader.getRowObjectsJS().map((row) => ({ name: String(row.column_name), type: String(row.column_type) }));
 }
 
+/** The version readers are on now, with what the run compares against. */
+async function currentVersion(db: Database, view: string): Promise<{ version: number; rows: number; features: { name: string; type: FeatureType }[] } | undefined> {
+  const [row] = await db.query<{ version: number; row_count: number; features: unknown }>(
+    `SELECT ver.version, ver.row_count, ver.features FROM ${META_SCHEMA}.views v JOIN ${META_SCHEMA}.versions ver ON ver.view = v.view AND ver.version = v.current_version WHERE v.view = $1`,
+    [view],
+  );
+  if (!row) return undefined;
+  const features = (typeof row.features === 'string' ? JSON.parse(row.features) : row.features) as { name: string; type: FeatureType }[];
+  return { version: Number(row.version), rows: Number(row.row_count), features };
+}
+
+/** Keeps a sample of rejected rows in Postgres, whatever the run's outcome, so the reason can be inspected. */
+async function recordRejects(conn: DuckDBConnection, db: Database, job: JobDefinition, runId: number, stats: RunStats): Promise<void> {
+  const summary = (await conn.runAndReadAll(REJECT_SUMMARY_SQL)).getRowObjectsJS() as { reject: string; n: unknown }[];
+  const sample = (await conn.runAndReadAll(REJECT_SAMPLE_SQL)).getRowObjectsJS() as { entity_id: string | null; column_name: string; reason: string }[];
+  await db.query(
+    `INSERT INTO ${META_SCHEMA}.rejects (run_id, job, entity_id, column_name, reason)
+     SELECT $1, $2, e, c, r FROM unnest($3::text[], $4::text[], $5::text[]) AS u(e, c, r)`,
+    [runId, job.view, sample.map((r) => r.entity_id), sample.map((r) => r.column_name), sample.map((r) => r.reason)],
+  );
+  judgeRejects(job, stats, summary);
+}
+
 async function allocateVersion(db: Database, job: JobDefinition, runId: number): Promise<number> {
   const features = JSON.stringify(job.features.map((f) => ({ name: f.name, type: f.type })));
   const [row] = await db.query<{ version: number }>(
@@ -174,7 +268,7 @@ async function allocateVersion(db: Database, job: JobDefinition, runId: number):
 }
 
 /** Streams DuckDB's rows into COPY and the hot tier at once, a bounded batch at a time. */
-async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext): Promise<{ postgres: number; hot: number }> {
+async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext, hasDuplicates: boolean): Promise<{ postgres: number; hot: number }> {
   const copy = await ctx.db.openCopy(table, ['entity_id', 'event_time', ...job.features.map((f) => f.name)]);
   const inFlight: Promise<void>[] = [];
   let hotRows = 0;
@@ -193,7 +287,7 @@ async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: n
     await copy.write(text);
   };
   try {
-    const result = await conn.stream(loadSql(job));
+    const result = await conn.stream(loadSql(job, hasDuplicates));
     for (;;) {
       const chunk = await result.fetchChunk();
       if (!chunk || chunk.rowCount === 0) break;

@@ -2,7 +2,7 @@
 // columns, the projection to the view's declared types, the data checks, and the
 // per-row CSV (for Postgres COPY) and JSON (for the hot tier) text, which DuckDB
 // formats in bulk so that no per-row work happens in JavaScript.
-import type { FeatureDefinition, FeatureType, JobDefinition } from '../jobs/definition.js';
+import type { EpochUnit, FeatureDefinition, FeatureType, JobDefinition } from '../jobs/definition.js';
 import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
 import { quoteIdent } from '../stores/database.js';
 
@@ -66,6 +66,9 @@ export interface SourceColumn {
   readonly type: string;
 }
 
+const NUMERIC_TYPES = [...INTEGER_TYPES, 'FLOAT', 'DOUBLE'];
+const isNumeric = (t: string) => NUMERIC_TYPES.includes(t) || t.startsWith('DECIMAL');
+
 /**
  * Compares the declared contract with the columns the source (after the
  * transform) really has. Throws naming each missing or mistyped column;
@@ -79,10 +82,20 @@ export function checkContract(job: JobDefinition, columns: readonly SourceColumn
     if (found === undefined) problems.push(`${role} column "${column}" is missing from the source (expected ${expected})`);
     else if (!ok(found)) problems.push(`${role} column "${column}" has type ${found}, expected ${expected}`);
   };
+  const timeColumn = (column: string, role: string, unit: EpochUnit | undefined, declare: string) => {
+    if (unit) return expect(column, role, isNumeric, `epoch ${UNIT_NAMES[unit]} as a number (the declared unit)`);
+    const found = byName.get(column);
+    if (found !== undefined && isNumeric(found)) {
+      problems.push(`${role} column "${column}" holds ${found} numbers; if they are epoch times, declare their unit (${declare})`);
+      return;
+    }
+    expect(column, role, (t) => TIMESTAMP_TYPES.includes(t), 'TIMESTAMP, TIMESTAMP WITH TIME ZONE or DATE');
+  };
   expect(job.entityKey, 'entity key', (t) => t === 'VARCHAR' || INTEGER_TYPES.includes(t), 'VARCHAR or an integer type');
-  expect(job.eventTime, 'event-time', (t) => TIMESTAMP_TYPES.includes(t), 'TIMESTAMP, TIMESTAMP WITH TIME ZONE or DATE');
+  timeColumn(job.eventTime, 'event-time', job.eventTimeUnit, `event_time: { column: ${job.eventTime}, unit: s | ms | us }`);
   for (const feature of job.features) {
-    expect(feature.name, 'feature', (t) => accepts(feature.type, t), `${feature.type} (${describeAccepted(feature.type)})`);
+    if (feature.type === 'timestamp') timeColumn(feature.name, 'feature', feature.unit, `features.${feature.name}.unit: s | ms | us`);
+    else expect(feature.name, 'feature', (t) => accepts(feature.type, t), `${feature.type} (${describeAccepted(feature.type)})`);
   }
   if (problems.length) {
     const available = columns.map((c) => `${c.name} ${c.type}`).join(', ');
@@ -92,6 +105,26 @@ export function checkContract(job: JobDefinition, columns: readonly SourceColumn
   }
   const declared = new Set([job.entityKey, job.eventTime, ...job.features.map((f) => f.name)]);
   return { ignoredColumns: columns.map((c) => c.name).filter((name) => !declared.has(name)) };
+}
+
+/**
+ * A published view's contract may grow (new features) but never silently
+ * break: a removed or retyped feature must be published as a new view.
+ */
+export function checkCompatibility(job: JobDefinition, published: readonly { name: string; type: FeatureType }[]): void {
+  const now = new Map(job.features.map((f) => [f.name, f.type]));
+  const breaks = published.flatMap((f) => {
+    const type = now.get(f.name);
+    if (type === undefined) return [`feature "${f.name}" was removed`];
+    if (type !== f.type) return [`feature "${f.name}" changed type from ${f.type} to ${type}`];
+    return [];
+  });
+  if (breaks.length) {
+    throw new SyncDataError(
+      `the contract of view "${job.view}" breaks what its callers rely on: ${breaks.join('; ')}. Publish the new contract as a new view (for example "${job.view}_v2") and mark this one deprecated, or restore the feature`,
+      { contract_breaks: breaks },
+    );
+  }
 }
 
 function describeAccepted(type: FeatureType): string {
@@ -109,59 +142,155 @@ function describeAccepted(type: FeatureType): string {
   }
 }
 
+const UNIT_NAMES: Record<EpochUnit, string> = { s: 'seconds', ms: 'milliseconds', us: 'microseconds' };
+const MICROS_PER_UNIT: Record<EpochUnit, number> = { s: 1_000_000, ms: 1_000, us: 1 };
+/** Epoch times are accepted between these instants; in each unit the ranges are disjoint, so a wrong unit shows. */
+export const EPOCH_FLOOR_SECONDS = 100_000_000; // 1973-03-03T09:46:40Z
+export const EPOCH_CEILING_SECONDS = 7_258_118_400; // 2200-01-01T00:00:00Z
+const EPOCH_WINDOW_TEXT = '1973-03-03 and 2200-01-01';
+
+function timeExpression(column: string, unit: EpochUnit | undefined): string {
+  if (!unit) return `CAST(t.${column} AS TIMESTAMPTZ)`;
+  // Out-of-range numbers become NULL (and so a reject), never an overflow error.
+  return `CAST(make_timestamp(TRY_CAST(round(t.${column} * ${MICROS_PER_UNIT[unit]}) AS BIGINT)) AS TIMESTAMPTZ)`;
+}
+
 /** `projected`: the source cast to the contract, with the two fixed columns first. */
 export function projectionSql(job: JobDefinition): string {
   const columns = [
     `CAST(t.${quoteIdent(job.entityKey)} AS VARCHAR) AS entity_id`,
-    `CAST(t.${quoteIdent(job.eventTime)} AS TIMESTAMPTZ) AS event_time`,
-    ...job.features.map((f) => `CAST(t.${quoteIdent(f.name)} AS ${DUCK_TYPE[f.type]}) AS ${quoteIdent(f.name)}`),
+    `${timeExpression(quoteIdent(job.eventTime), job.eventTimeUnit)} AS event_time`,
+    ...job.features.map((f) =>
+      f.type === 'timestamp' ? `${timeExpression(quoteIdent(f.name), f.unit)} AS ${quoteIdent(f.name)}` : `CAST(t.${quoteIdent(f.name)} AS ${DUCK_TYPE[f.type]}) AS ${quoteIdent(f.name)}`,
+    ),
   ];
   return `SELECT ${columns.join(', ')} FROM transformed t`;
 }
 
-/** One aggregate pass that finds every reason to refuse the data before a row is written. */
-export function checkSql(job: JobDefinition): string {
-  const pattern = sqlString(ENTITY_ID_PATTERN);
-  const perFeature = job.features.flatMap((f) => {
-    const col = quoteIdent(f.name);
-    if (f.type === 'double') return [`count(*) FILTER (WHERE NOT isfinite(${col})) AS ${quoteIdent(`nonfinite:${f.name}`)}`];
-    if (f.type === 'integer') return [`count(*) FILTER (WHERE abs(${col}) > ${MAX_SAFE_INTEGER}) AS ${quoteIdent(`unsafe:${f.name}`)}`];
-    if (f.type === 'string') return [`count(*) FILTER (WHERE contains(${col}, chr(0))) AS ${quoteIdent(`nul:${f.name}`)}`];
-    return [];
-  });
-  return `SELECT
-      count(*) AS rows,
-      count(*) FILTER (WHERE entity_id IS NULL) AS null_keys,
-      count(*) FILTER (WHERE NOT regexp_full_match(entity_id, ${pattern})) AS bad_keys,
-      any_value(entity_id) FILTER (WHERE NOT regexp_full_match(entity_id, ${pattern})) AS bad_key_example,
-      count(*) - count(DISTINCT entity_id) - count(*) FILTER (WHERE entity_id IS NULL) AS duplicate_rows,
-      count(*) FILTER (WHERE event_time IS NULL) AS null_event_times,
-      strftime(max(event_time), ${ISO_UTC_DUCK}) AS watermark
-      ${perFeature.map((expr) => `, ${expr}`).join('')}
-    FROM projected`;
+function epochColumns(job: JobDefinition): { name: string; unit: EpochUnit }[] {
+  return [...(job.eventTimeUnit ? [{ name: job.eventTime, unit: job.eventTimeUnit }] : []), ...job.features.filter((f) => f.unit).map((f) => ({ name: f.name, unit: f.unit! }))];
 }
 
-export interface CheckResult {
-  readonly rows: number;
+/** Median of each epoch-number column, to tell a wrong unit from a few odd rows. */
+export function epochMediansSql(job: JobDefinition): string | undefined {
+  const columns = epochColumns(job);
+  if (!columns.length) return undefined;
+  return `SELECT ${columns.map((c) => `CAST(median(${quoteIdent(c.name)}) AS DOUBLE) AS ${quoteIdent(c.name)}`).join(', ')} FROM transformed`;
+}
+
+/** Fails the run when an epoch column's values sit in another unit's range than the declared one. */
+export function judgeEpochUnits(job: JobDefinition, medians: Record<string, unknown>): void {
+  const problems: string[] = [];
+  for (const { name, unit } of epochColumns(job)) {
+    const median = medians[name];
+    if (median === null || median === undefined) continue;
+    const inUnit = (u: EpochUnit) => {
+      const seconds = Number(median) * (MICROS_PER_UNIT[u] / 1_000_000);
+      return seconds >= EPOCH_FLOOR_SECONDS && seconds <= EPOCH_CEILING_SECONDS;
+    };
+    if (inUnit(unit)) continue;
+    const likely = (Object.keys(UNIT_NAMES) as EpochUnit[]).find(inUnit);
+    problems.push(
+      likely
+        ? `column "${name}" is declared in epoch ${UNIT_NAMES[unit]} but its values look like epoch ${UNIT_NAMES[likely]} (median ${median}); fix the source or declare unit: ${likely}`
+        : `column "${name}" is declared in epoch ${UNIT_NAMES[unit]} but its median value ${median} is no time between ${EPOCH_WINDOW_TEXT} in any unit`,
+    );
+  }
+  if (problems.length) throw new SyncDataError(`the time columns of view "${job.view}" do not fit their declared units: ${problems.join('; ')}`, { unit_mismatches: problems });
+}
+
+const literal = (value: string | number | boolean) => (typeof value === 'string' ? sqlString(value) : String(value));
+const shown = (col: string) => `left(CAST(${col} AS VARCHAR), 80)`;
+
+/** Each row's first broken rule as "column|reason", or NULL for a good row. */
+function rejectCase(job: JobDefinition): string {
+  const pattern = sqlString(ENTITY_ID_PATTERN);
+  const when: string[] = [
+    `WHEN entity_id IS NULL THEN '${job.entityKey}|the entity key is null'`,
+    `WHEN NOT regexp_full_match(entity_id, ${pattern}) THEN '${job.entityKey}|not a valid entity id (got "' || left(entity_id, 80) || '"); ids must match ${ENTITY_ID_PATTERN}'`,
+    `WHEN event_time IS NULL THEN '${job.eventTime}|the event time is null${job.eventTimeUnit ? ` or not an epoch time in ${UNIT_NAMES[job.eventTimeUnit]}` : ''}'`,
+    `WHEN event_time > now() + INTERVAL 1 DAY THEN '${job.eventTime}|the event time ' || strftime(event_time, ${ISO_UTC_DUCK}) || ' is more than a day in the future'`,
+  ];
+  if (job.eventTimeUnit) {
+    when.push(`WHEN epoch(event_time) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS} THEN '${job.eventTime}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown('event_time')} || ')'`);
+  }
+  for (const f of job.features) {
+    const col = quoteIdent(f.name);
+    const name = f.name;
+    if (!f.nullable) when.push(`WHEN ${col} IS NULL THEN '${name}|is null, and the contract says nullable: false'`);
+    if (f.type === 'double') when.push(`WHEN NOT isfinite(${col}) THEN '${name}|is NaN or infinite, which JSON cannot carry'`);
+    if (f.type === 'integer') when.push(`WHEN abs(${col}) > ${MAX_SAFE_INTEGER} THEN '${name}|is beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly (got ' || ${shown(col)} || ')'`);
+    if (f.type === 'string') when.push(`WHEN contains(${col}, chr(0)) THEN '${name}|contains a NUL character, which Postgres text cannot store'`);
+    if (f.unit) when.push(`WHEN epoch(${col}) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS} THEN '${name}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown(col)} || ')'`);
+    if (f.min !== undefined) when.push(`WHEN ${col} < ${f.min} THEN '${name}|is below the minimum ${f.min} (got ' || ${shown(col)} || ')'`);
+    if (f.max !== undefined) when.push(`WHEN ${col} > ${f.max} THEN '${name}|is above the maximum ${f.max} (got ' || ${shown(col)} || ')'`);
+    if (f.allowed) when.push(`WHEN ${col} NOT IN (${f.allowed.map(literal).join(', ')}) THEN '${name}|is not an allowed value (got ' || ${shown(col)} || ')'`);
+  }
+  return `CASE ${when.join(' ')} END`;
+}
+
+/** `checked`: the projected rows with the reason each broken row is rejected for. */
+export function checkedSql(job: JobDefinition): string {
+  return `SELECT *, ${rejectCase(job)} AS reject FROM projected`;
+}
+
+/** One aggregate pass over `checked`: counts, duplicates and the watermark of the rows that will load. */
+export const STATS_SQL = `SELECT
+    count(*) AS rows,
+    count(reject) AS rejected,
+    count(DISTINCT entity_id) FILTER (WHERE reject IS NULL) AS entities,
+    strftime(max(event_time) FILTER (WHERE reject IS NULL), ${ISO_UTC_DUCK}) AS watermark
+  FROM checked`;
+
+export const REJECT_SUMMARY_SQL = `SELECT reject, count(*) AS n FROM checked WHERE reject IS NOT NULL GROUP BY reject ORDER BY n DESC, reject LIMIT 5`;
+
+/** Rejected rows kept for inspection per run; all are counted. */
+export const REJECT_SAMPLE_LIMIT = 1000;
+export const REJECT_SAMPLE_SQL = `SELECT entity_id, split_part(reject, '|', 1) AS column_name, split_part(reject, '|', 2) AS reason FROM checked WHERE reject IS NOT NULL LIMIT ${REJECT_SAMPLE_LIMIT}`;
+
+export interface RunStats {
+  readonly rowsRead: number;
+  readonly rejected: number;
+  /** Distinct entities among the accepted rows: what the version will hold. */
+  readonly entities: number;
+  /** Accepted rows dropped because a later row of the same entity won. */
+  readonly duplicates: number;
   readonly watermark: string | null;
 }
 
-/** Turns the check row into a verdict: a SyncDataError naming each problem, or the counts. */
-export function judgeCheck(job: JobDefinition, row: Record<string, unknown>): CheckResult {
-  const n = (key: string) => Number(row[key] ?? 0);
-  const problems: string[] = [];
-  if (n('null_keys')) problems.push(`${n('null_keys')} row(s) have no entity key (column "${job.entityKey}" is null)`);
-  if (n('bad_keys'))
-    problems.push(`${n('bad_keys')} entity key(s) are not valid ids (for example ${JSON.stringify(row.bad_key_example)}); ids must match ${ENTITY_ID_PATTERN}`);
-  if (n('duplicate_rows')) problems.push(`${n('duplicate_rows')} row(s) repeat an entity key already present; one row per entity is expected`);
-  if (n('null_event_times')) problems.push(`${n('null_event_times')} row(s) have no event time (column "${job.eventTime}" is null)`);
-  for (const f of job.features) {
-    if (n(`nonfinite:${f.name}`)) problems.push(`feature "${f.name}" has ${n(`nonfinite:${f.name}`)} NaN or infinite value(s), which JSON cannot carry`);
-    if (n(`nul:${f.name}`)) problems.push(`feature "${f.name}" has ${n(`nul:${f.name}`)} value(s) containing a NUL character, which Postgres text cannot store`);
-    if (n(`unsafe:${f.name}`)) problems.push(`feature "${f.name}" has ${n(`unsafe:${f.name}`)} value(s) beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly`);
+export function toRunStats(row: Record<string, unknown>): RunStats {
+  const rowsRead = Number(row.rows ?? 0);
+  const rejected = Number(row.rejected ?? 0);
+  const entities = Number(row.entities ?? 0);
+  return { rowsRead, rejected, entities, duplicates: rowsRead - rejected - entities, watermark: (row.watermark as string | null) ?? null };
+}
+
+/** Fails when rejected rows pass the view's limit, naming the commonest reasons. */
+export function judgeRejects(job: JobDefinition, stats: RunStats, summary: { reject: string; n: unknown }[]): void {
+  if (stats.rejected === 0) return;
+  const share = stats.rejected / stats.rowsRead;
+  if (share <= job.maxRejectShare) return;
+  const reasons = summary.map((r) => {
+    const [column, reason] = r.reject.split('|');
+    return `${Number(r.n)} × ${column}: ${reason}`;
+  });
+  throw new SyncDataError(
+    `${stats.rejected} of ${stats.rowsRead} rows (${(share * 100).toFixed(2)}%) of view "${job.view}" broke its constraints; the limit (max_reject_share) is ${(job.maxRejectShare * 100).toFixed(2)}%. Commonest: ${reasons.join('; ')}`,
+    { reject_reasons: reasons },
+  );
+}
+
+/** Fails an empty snapshot, or one that shrank past the view's limit, unless forced. */
+export function judgeSnapshot(job: JobDefinition, stats: RunStats, previous: { version: number; rows: number } | undefined, force: boolean): void {
+  if (force) return;
+  if (stats.entities === 0) throw new SyncDataError(`the snapshot of view "${job.view}" has no rows to publish; fix the source, or force the run to publish an empty view`);
+  if (!previous || previous.rows === 0) return;
+  const drop = (previous.rows - stats.entities) / previous.rows;
+  if (drop > job.maxRowDrop) {
+    throw new SyncDataError(
+      `the snapshot of view "${job.view}" has ${stats.entities} entities, ${(drop * 100).toFixed(1)}% fewer than the ${previous.rows} of version ${previous.version}; the limit (max_row_drop) is ${(job.maxRowDrop * 100).toFixed(1)}%. Force the run if the shrink is intended`,
+    );
   }
-  if (problems.length) throw new SyncDataError(`the data of view "${job.view}" was refused: ${problems.join('; ')}`, { data_problems: problems });
-  return { rows: n('rows'), watermark: (row.watermark as string | null) ?? null };
 }
 
 function csvField(name: string, type: FeatureType | 'key'): string {
@@ -183,11 +312,18 @@ function jsonField(feature: FeatureDefinition): string {
   return feature.type === 'timestamp' ? `strftime(${col}, ${ISO_UTC_DUCK})` : col;
 }
 
-/** Rows as (entity id, CSV record for COPY, compact JSON array for the hot tier). */
-export function loadSql(job: JobDefinition): string {
+/**
+ * The accepted rows as (entity id, CSV record for COPY, compact JSON array for
+ * the hot tier). With duplicates, one row per entity wins: the latest event
+ * time, and on a tie the row whose served JSON value sorts last, so the winner
+ * never depends on file order.
+ */
+export function loadSql(job: JobDefinition, hasDuplicates: boolean): string {
   const csv = [csvField('entity_id', 'key'), csvField('event_time', 'timestamp'), ...job.features.map((f) => csvField(f.name, f.type))].join(` || ',' || `);
   const json = `CAST(json_array(strftime(event_time, ${ISO_UTC_DUCK}), ${job.features.map(jsonField).join(', ')}) AS VARCHAR)`;
-  return `SELECT entity_id, ${csv} AS csv, ${json} AS hot FROM projected`;
+  const rows = `SELECT entity_id, ${csv} AS csv, ${json} AS hot, event_time FROM checked WHERE reject IS NULL`;
+  if (!hasDuplicates) return `SELECT entity_id, csv, hot FROM (${rows})`;
+  return `SELECT entity_id, csv, hot FROM (${rows}) QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY event_time DESC, hot DESC) = 1`;
 }
 
 /** Postgres DDL for one version's table; the primary key is added after the load. */

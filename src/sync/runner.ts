@@ -12,7 +12,7 @@ import { finishRun, recordSkippedRun, type RunTrigger } from '../stores/metadata
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { ChildMessage, ChildRequest } from './child.js';
-import type { RunSummary } from './engine.js';
+import type { RunOptions, RunSummary } from './engine.js';
 import { StoreHost, type Call } from './remote.js';
 
 export interface SyncRunnerDeps {
@@ -50,7 +50,7 @@ export class SyncRunner {
   }
 
   /** Runs a job now unless it is already running here (then the run is recorded as skipped). */
-  async run(view: string, trigger: RunTrigger): Promise<RunSummary> {
+  async run(view: string, trigger: RunTrigger, options: RunOptions = {}): Promise<RunSummary> {
     const job = this.jobs.get(view);
     if (!job) throw new UnknownJobError(`no sync job "${view}"; jobs: ${[...this.jobs.keys()].join(', ')}`);
     if (this.running.has(view)) {
@@ -59,7 +59,7 @@ export class SyncRunner {
       this.deps.metrics.syncRuns.inc({ job: view, status: 'skipped' });
       return { runId, job: view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: 0, details: {} };
     }
-    const promise = this.runChild(job, trigger).finally(() => this.running.delete(view));
+    const promise = this.runChild(job, trigger, options).finally(() => this.running.delete(view));
     this.running.set(view, promise);
     const summary = await promise;
     this.record(summary);
@@ -80,7 +80,7 @@ export class SyncRunner {
     if (summary.status === 'succeeded') metrics.syncRows.inc({ job: summary.job }, summary.rowsWritten);
   }
 
-  private runChild(job: JobDefinition, trigger: RunTrigger): Promise<RunSummary> {
+  private runChild(job: JobDefinition, trigger: RunTrigger, options: RunOptions): Promise<RunSummary> {
     const { config, db, hot, log } = this.deps;
     const started = Date.now();
     const entry = childEntry();
@@ -115,7 +115,7 @@ export class SyncRunner {
           resolve({ runId: runId ?? -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error, durationMs: Date.now() - started, details: {} });
         })();
       });
-      child.send({ t: 'run', job, trigger, config, remote: config.embedded ? { db: db.kind, hot: hot.kind } : undefined } satisfies ChildRequest);
+      child.send({ t: 'run', job, trigger, options, config, remote: config.embedded ? { db: db.kind, hot: hot.kind } : undefined } satisfies ChildRequest);
     });
   }
 }

@@ -26,9 +26,10 @@ describe('sync job definitions', () => {
     const job = parse(GOOD);
     expect(job).toMatchObject({ view: 'route_delays', source: '/jobs/data/flights.parquet', entityKey: 'route', eventTime: 'as_of', schedule: '*/15 * * * *', freshnessSeconds: 5400 });
     expect(job.features).toEqual([
-      { name: 'flights', type: 'integer', description: undefined },
-      { name: 'mean_delay', type: 'double', description: 'minutes' },
+      { name: 'flights', type: 'integer', description: undefined, nullable: true, min: undefined, max: undefined, allowed: undefined, unit: undefined },
+      { name: 'mean_delay', type: 'double', description: 'minutes', nullable: true, min: undefined, max: undefined, allowed: undefined, unit: undefined },
     ]);
+    expect(job).toMatchObject({ eventTimeUnit: undefined, maxRejectShare: 0, maxRowDrop: 0.5, deprecated: undefined });
   });
 
   it('loads the demo jobs shipped in sync-jobs/', async () => {

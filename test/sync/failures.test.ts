@@ -96,9 +96,10 @@ describe('failed sync runs', () => {
     await expect.poll(async () => (await fetchScores(['k5000'])).version, { timeout: 5_000 }).toBe('3');
     expect((await fetchScores(['k5000'])).body.results[0]!.features!.score).toBe(10_000);
 
-    // Back to a small source for the following cases: version 4, and version 3 is kept as the previous one.
+    // Back to a small source for the following cases (a shrink past the limit, so forced):
+    // version 4, and version 3 is kept as the previous one.
     await publishSource(rowsSql(1000, 'i * 1.0'));
-    expect(await server.runner.run('scores', 'manual')).toMatchObject({ status: 'succeeded', version: 4 });
+    expect(await server.runner.run('scores', 'manual', { force: true })).toMatchObject({ status: 'succeeded', version: 4, details: { forced: true } });
     await expect.poll(async () => (await fetchScores(sample)).version, { timeout: 5_000 }).toBe('4');
     v1.version = '4';
   });
@@ -115,14 +116,14 @@ describe('failed sync runs', () => {
   });
 
   it('data that cannot be served exactly is refused with the reason', async () => {
-    await publishSource(`SELECT 'k' || (i % 3) AS id, TIMESTAMP '2026-03-01' AS t, CASE WHEN i = 4 THEN 'nan'::DOUBLE ELSE 1.0 END AS score, 'a' || chr(0) AS label FROM range(1, 10) t(i)`);
+    await publishSource(`SELECT 'k' || i AS id, TIMESTAMP '2026-03-01' AS t, CASE WHEN i = 4 THEN 'nan'::DOUBLE ELSE 1.0 END AS score, 'a' || chr(0) AS label FROM range(1, 10) t(i)`);
     const summary = await server.runner.run('scores', 'manual');
     expect(summary.status).toBe('failed');
-    expect(summary.error).toMatch(/repeat an entity key/);
-    expect(summary.error).toMatch(/feature "score" has 1 NaN or infinite value/);
-    expect(summary.error).toMatch(/feature "label" has 9 value\(s\) containing a NUL character/);
+    expect(summary.error).toMatch(/9 of 9 rows \(100\.00%\) of view "scores" broke its constraints; the limit \(max_reject_share\) is 0\.00%/);
+    expect(summary.error).toMatch(/8 × label: contains a NUL character, which Postgres text cannot store/);
+    expect(summary.error).toMatch(/1 × score: is NaN or infinite/);
     await publishSource(`SELECT CASE WHEN i = 2 THEN 'bad key' ELSE 'k' || i END AS id, TIMESTAMP '2026-03-01' AS t, 1.0 AS score, 'x' AS label FROM range(1, 10) t(i)`);
-    expect((await server.runner.run('scores', 'manual')).error).toMatch(/1 entity key\(s\) are not valid ids \(for example "bad key"\)/);
+    expect((await server.runner.run('scores', 'manual')).error).toMatch(/1 × id: not a valid entity id \(got "bad key"\)/);
     await expectVersion1Served();
   });
 
