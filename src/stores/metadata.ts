@@ -119,7 +119,7 @@ export async function readPublishedVersions(db: Queryable): Promise<PublishedVer
 }
 
 export type RunStatus = 'running' | 'succeeded' | 'failed' | 'abandoned' | 'skipped';
-export type RunTrigger = 'schedule' | 'startup' | 'manual';
+export type RunTrigger = 'schedule' | 'startup' | 'manual' | 'rollback';
 
 export interface RunRecord {
   readonly runId: number;
@@ -226,4 +226,48 @@ export async function getRun(db: Queryable, runId: number): Promise<RunRecord | 
 export async function listRuns(db: Queryable, job: string, limit: number): Promise<RunRecord[]> {
   const rows = await db.query<RunRow>(`SELECT * FROM ${META_SCHEMA}.runs WHERE job = $1 ORDER BY run_id DESC LIMIT $2`, [job, limit]);
   return rows.map(toRunRecord);
+}
+
+export class RollbackError extends Error {
+  override name = 'RollbackError';
+}
+
+/**
+ * Switches readers back to the view's previous version in one commit and
+ * records it as a run (trigger "rollback"). The version rolled away from is
+ * kept until the next publish reclaims it.
+ */
+export async function rollbackView(db: Database, view: string, lockKey: string): Promise<{ from: number; to: number; runId: number }> {
+  const locked = await db.withAdvisoryLock(lockKey, () =>
+    db.transaction(async (tx) => {
+      const [row] = await tx.query<{ current_version: number; previous_version: number | null }>(
+        `SELECT current_version, previous_version FROM ${META_SCHEMA}.views WHERE view = $1 FOR UPDATE`,
+        [view],
+      );
+      if (!row) throw new RollbackError(`view "${view}" has no published version to roll back`);
+      const from = Number(row.current_version);
+      if (row.previous_version === null) throw new RollbackError(`view "${view}" has no previous version to roll back to (version ${from} is the only one kept)`);
+      const to = Number(row.previous_version);
+      const [kept] = await tx.query<{ state: string }>(`SELECT state FROM ${META_SCHEMA}.versions WHERE view = $1 AND version = $2`, [view, to]);
+      if (kept?.state !== 'published') throw new RollbackError(`version ${to} of view "${view}" is no longer stored; cannot roll back`);
+      await tx.query(`UPDATE ${META_SCHEMA}.views SET current_version = $2, previous_version = NULL, switched_at = now() WHERE view = $1`, [view, to]);
+      const [run] = await tx.query<{ run_id: number }>(
+        `INSERT INTO ${META_SCHEMA}.runs (job, version, trigger, status, finished_at, details)
+         VALUES ($1, $2, 'rollback', 'succeeded', now(), $3::jsonb) RETURNING run_id`,
+        [view, to, JSON.stringify({ rolled_back_from: from })],
+      );
+      return { from, to, runId: Number(run!.run_id) };
+    }),
+  );
+  if (!locked.acquired) throw new RollbackError(`a sync of "${view}" is running; roll back after it ends`);
+  return locked.value;
+}
+
+/** The watermark of the job's last successful run. */
+export async function lastWatermark(db: Queryable, job: string): Promise<string | null> {
+  const [row] = await db.query<{ watermark: string | null }>(
+    `SELECT ${isoTimeSql('watermark')} AS watermark FROM ${META_SCHEMA}.runs WHERE job = $1 AND status = 'succeeded' AND trigger <> 'rollback' ORDER BY run_id DESC LIMIT 1`,
+    [job],
+  );
+  return row?.watermark ?? null;
 }

@@ -7,17 +7,18 @@ import { freshDatabase } from '../support/db.js';
 import { tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
 import { startRedis, type RedisServer } from '../support/servers.js';
 
-describe('npm run sync -- <job>', () => {
+describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', () => {
   let redis: RedisServer;
   let database: { url: string; drop(): Promise<void> };
   let dir: string;
 
-  const sync = (args: string[], env: Record<string, string> = {}) =>
-    spawnSync(process.execPath, ['--import', 'tsx', path.resolve('src/cli/sync.ts'), ...args], {
+  const ctl = (args: string[], env: Record<string, string> = {}) =>
+    spawnSync(process.execPath, ['--import', 'tsx', path.resolve('src/cli/ctl.ts'), ...args], {
       encoding: 'utf8',
       env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, ...env },
       timeout: 60_000,
     });
+  const sync = (args: string[], env: Record<string, string> = {}) => ctl(['sync', ...args], env);
 
   beforeAll(async () => {
     redis = await startRedis();
@@ -55,6 +56,25 @@ describe('npm run sync -- <job>', () => {
     const embedded = sync(['good'], { DATABASE_URL: '', REDIS_URL: '' });
     expect(embedded.status).toBe(2);
     expect(embedded.stderr).toMatch(/needs DATABASE_URL and REDIS_URL/);
+  });
+
+  it('lists runs and rolls a view back to its previous version', () => {
+    expect(sync(['good']).status).toBe(0);
+    const runs = ctl(['runs', 'good', '--limit', '2']);
+    expect(runs.status, runs.stderr).toBe(0);
+    expect(JSON.parse(runs.stdout)).toMatchObject([
+      { job: 'good', status: 'succeeded', version: 2 },
+      { job: 'good', status: 'succeeded', version: 1 },
+    ]);
+    const rollback = ctl(['rollback', 'good']);
+    expect(rollback.status, rollback.stderr).toBe(0);
+    expect(JSON.parse(rollback.stdout)).toMatchObject({ view: 'good', rolled_back_from: 2, current_version: 1 });
+    const again = ctl(['rollback', 'good']);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/rollback of good failed: view "good" has no previous version to roll back to \(version 1 is the only one kept\)/);
+    expect(ctl(['runs', 'good', '--limit', 'many']).stderr).toMatch(/--limit must be a whole number/);
+    expect(ctl(['rollback', 'good', '--force']).status).toBe(2);
+    expect(ctl(['explode', 'good']).stderr).toMatch(/unknown command "explode"/);
   });
 
   it('exits 1 naming the store when Postgres is unreachable', () => {

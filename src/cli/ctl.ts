@@ -1,0 +1,113 @@
+// The operator's command line, against DATABASE_URL and REDIS_URL:
+//   sync <job> [--force]        run one job once (`npm run sync -- <job>`)
+//   runs <job> [--limit N]      list the job's recent runs
+//   rollback <view>             switch readers back to the previous version
+// Exit codes: 0 done, 1 failed (the reason on stderr), 2 bad usage or
+// configuration, 3 skipped because another run holds the job.
+import { parseArgs } from 'node:util';
+import { loadConfig, type Config } from '../config/index.js';
+import { loadJobDefinitions, type JobDefinition } from '../jobs/definition.js';
+import { createLogger } from '../observability/log.js';
+import { ensureSchema, listRuns, rollbackView } from '../stores/metadata.js';
+import { PostgresDatabase } from '../stores/postgres.js';
+import { RedisHotTier } from '../stores/redis.js';
+import { jobLockKey, runSync } from '../sync/engine.js';
+
+const USAGE = `usage:
+  npm run sync -- <job> [--force]          run one sync job once (--force publishes an empty or shrunken snapshot)
+  npm run ctl -- runs <job> [--limit N]    list the job's recent runs (default 20)
+  npm run ctl -- rollback <view>           switch readers back to the view's previous version
+All commands need DATABASE_URL and REDIS_URL.`;
+
+class ExitError extends Error {
+  constructor(
+    message: string,
+    readonly code: number,
+  ) {
+    super(message);
+  }
+}
+
+const usage = (why: string) => new ExitError(`${why}\n${USAGE}`, 2);
+
+async function setup(): Promise<{ config: Config; jobs: JobDefinition[] }> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (error) {
+    throw new ExitError((error as Error).message, 2);
+  }
+  if (config.embedded) {
+    throw new ExitError('this command needs DATABASE_URL and REDIS_URL: the embedded store lives inside the server process, which syncs every job at start and then on schedule', 2);
+  }
+  try {
+    return { config, jobs: await loadJobDefinitions(config.syncJobsDir) };
+  } catch (error) {
+    throw new ExitError((error as Error).message, 2);
+  }
+}
+
+function findJob(config: Config, jobs: JobDefinition[], name: string | undefined): JobDefinition {
+  if (!name) throw usage('name a job');
+  const job = jobs.find((j) => j.view === name);
+  if (!job) throw new ExitError(`no sync job "${name}" in ${config.syncJobsDir}; jobs: ${jobs.map((j) => j.view).join(', ')}`, 2);
+  return job;
+}
+
+async function main(argv: string[]): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: { force: { type: 'boolean' }, limit: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  } catch (error) {
+    throw usage((error as Error).message);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  const [command, name, ...rest] = positionals;
+  if (rest.length) throw usage(`unexpected arguments: ${rest.join(' ')}`);
+  if (command !== 'sync' && command !== 'runs' && command !== 'rollback') throw usage(command ? `unknown command "${command}"` : 'name a command');
+  if (values.force && command !== 'sync') throw usage('--force goes with sync');
+  if (values.limit !== undefined && command !== 'runs') throw usage('--limit goes with runs');
+  const limit = values.limit === undefined ? 20 : Number(values.limit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw usage(`--limit must be a whole number from 1 to 1000, got ${values.limit}`);
+
+  const { config, jobs } = await setup();
+  const job = findJob(config, jobs, name);
+  const db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 4, applicationName: `feature-ctl:${job.view}`, statementTimeoutMs: config.syncTimeoutMs });
+  const hot = new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: 30_000 });
+  try {
+    await ensureSchema(db).catch((error: Error) => {
+      throw new ExitError(`${command} of ${job.view} could not run: Postgres: ${error.message}`, 1);
+    });
+    if (command === 'runs') {
+      process.stdout.write(JSON.stringify(await listRuns(db, job.view, limit), null, 2) + '\n');
+    } else if (command === 'rollback') {
+      const result = await rollbackView(db, job.view, jobLockKey(job.view)).catch((error: Error) => {
+        throw new ExitError(`rollback of ${job.view} failed: ${error.message}`, 1);
+      });
+      process.stdout.write(JSON.stringify({ view: job.view, rolled_back_from: result.from, current_version: result.to, run_id: result.runId }, null, 2) + '\n');
+    } else {
+      await hot.ready(5_000).catch((error: Error) => {
+        throw new ExitError(`sync of ${job.view} could not run: Redis: ${error.message}`, 1);
+      });
+      const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, { component: 'sync-cli' });
+      const summary = await runSync(job, { db, hot, log, batchRows: config.syncBatchRows, retry: config.syncRetry }, 'manual', { force: values.force === true });
+      process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
+      if (summary.status === 'failed') throw new ExitError(`sync of ${job.view} failed (run ${summary.runId}): ${summary.error}`, 1);
+      if (summary.status === 'skipped') throw new ExitError(`sync of ${job.view} skipped (run ${summary.runId}): ${summary.error}`, 3);
+    }
+  } finally {
+    await Promise.allSettled([db.close(), hot.close()]);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  () => process.exit(0),
+  (error: Error) => {
+    process.stderr.write(`${error.message}\n`);
+    process.exit(error instanceof ExitError ? error.code : 1);
+  },
+);
