@@ -13,6 +13,7 @@ import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import { featureRoutes } from './features.js';
 import { operationRoutes } from './operations.js';
+import { syncStatusRoutes } from './sync-status.js';
 import { ApiError, problemResponse } from './problem.js';
 
 export interface AppDeps {
@@ -46,6 +47,7 @@ export function createApp(deps: AppDeps): Hono {
   });
 
   app.route('/features/v1', featureRoutes(deps));
+  app.route('/sync/v1', syncStatusRoutes(deps));
   app.route('/', operationRoutes(deps));
 
   app.notFound((c) => problemResponse(c, new ApiError('not-found', `no route for ${c.req.method} ${c.req.path}; see /openapi.yaml`)));

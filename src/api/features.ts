@@ -8,7 +8,7 @@ import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
 import type { Catalog, ServedVersion, ServedView } from '../stores/catalog.js';
 import { VersionGoneError, type FeatureReader, type FeatureRow, type ReadResult } from '../stores/reader.js';
 import type { Metrics } from '../observability/metrics.js';
-import { entityTag, freshnessHeaders, freshnessOf, matchesIfNoneMatch } from './freshness.js';
+import { deprecationHeaders, entityTag, freshnessHeaders, freshnessOf, matchesIfNoneMatch } from './freshness.js';
 import { ApiError } from './problem.js';
 
 export interface FeatureRouteDeps {
@@ -145,7 +145,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
 
     const now = Date.now();
     const meta = freshnessOf(view, version, now);
-    const headers = freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now);
+    const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now), ...deprecationHeaders(view.job.deprecated, entityId) };
     const etag = entityTag(version, entityId, selection?.names ?? null);
     for (const [name, value] of Object.entries(headers)) c.header(name, value);
     c.header('ETag', etag);
@@ -205,7 +205,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       const byId = new Map(unique.map((id, i) => [id, result.rows[i] ?? null]));
       const now = Date.now();
       const meta = freshnessOf(view, version, now);
-      const headers = freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now);
+      const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now), ...deprecationHeaders(view.job.deprecated) };
       for (const [name, value] of Object.entries(headers)) c.header(name, value);
       // A POST answer is not reusable: the freshness headers inform, they do not license caching.
       c.header('Cache-Control', 'no-store');

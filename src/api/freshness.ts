@@ -1,5 +1,6 @@
 // Owns what every feature response says about how fresh its data is, in the
 // body and in headers, and the HTTP caching validators derived from the version.
+import type { Deprecation } from '../jobs/definition.js';
 import type { ServedView, ServedVersion } from '../stores/catalog.js';
 
 export interface FreshnessMetadata {
@@ -65,4 +66,21 @@ export function matchesIfNoneMatch(header: string | undefined, etag: string): bo
   if (!header) return false;
   if (header.trim() === '*') return true;
   return header.split(',').some((candidate) => candidate.trim().replace(/^W\//, '') === etag);
+}
+
+/**
+ * Headers of a deprecated view: Deprecation (RFC 9745, a structured-field
+ * date), Sunset (RFC 8594, an HTTP date) and a Link to its successor.
+ */
+export function deprecationHeaders(deprecated: Deprecation | undefined, entityId?: string): Record<string, string> {
+  if (!deprecated) return {};
+  const headers: Record<string, string> = {
+    Deprecation: `@${Math.floor(deprecated.since.getTime() / 1000)}`,
+    Sunset: deprecated.sunset.toUTCString(),
+  };
+  if (deprecated.successor) {
+    const target = entityId ? `/features/v1/${encodeURIComponent(entityId)}?view=${deprecated.successor}` : `/features/v1/batch`;
+    headers.Link = `<${target}>; rel="successor-version"`;
+  }
+  return headers;
 }

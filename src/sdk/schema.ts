@@ -48,6 +48,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/sync/v1/jobs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sync jobs and their state
+         * @description Each job with its schedule, current version, freshness, last run and watermark (the newest event time its last successful run loaded).
+         */
+        get: operations["listSyncJobs"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/sync/v1/jobs/{job}/runs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Recent runs of one job, newest first */
+        get: operations["listSyncRuns"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -202,6 +239,54 @@ export interface components {
                 };
             };
         };
+        Run: {
+            run_id: number;
+            job: string;
+            /** @enum {string} */
+            status: "running" | "succeeded" | "failed" | "abandoned" | "skipped";
+            /** @enum {string} */
+            trigger: "schedule" | "startup" | "manual" | "rollback";
+            version: number | null;
+            /** Format: date-time */
+            started_at: string;
+            /** Format: date-time */
+            finished_at: string | null;
+            rows_read: number | null;
+            rows_written: number | null;
+            /** @description Newest event time the run loaded. */
+            watermark: string | null;
+            error: string | null;
+            /** @description Timings per phase, rows rejected, duplicates dropped, ignored columns, reclaimed versions. */
+            details: Record<string, never>;
+        };
+        SyncRuns: {
+            job: string;
+            runs: components["schemas"]["Run"][];
+        };
+        SyncJob: {
+            job: string;
+            description: string | null;
+            /** @description Cron expression (UTC). */
+            schedule: string;
+            /** Format: date-time */
+            next_run_at: string | null;
+            freshness_objective_seconds: number;
+            current_version: number | null;
+            rows: number | null;
+            freshness: components["schemas"]["FreshnessMetadata"] | null;
+            watermark: string | null;
+            last_run: components["schemas"]["Run"] | null;
+            deprecated: {
+                /** Format: date-time */
+                since: string;
+                /** Format: date-time */
+                sunset: string;
+                successor: string | null;
+            } | null;
+        };
+        SyncJobs: {
+            jobs: components["schemas"]["SyncJob"][];
+        };
         /** @description RFC 9457 problem details. */
         Problem: {
             type: string;
@@ -322,6 +407,12 @@ export interface components {
         "Feature-Tier": components["schemas"]["Tier"];
         /** @description Identifies the request in logs. */
         "Request-Id": string;
+        /** @description Only on a deprecated view: when it was deprecated (RFC 9745), as @<unix seconds>. */
+        Deprecation: string;
+        /** @description Only on a deprecated view: when it stops being served (RFC 8594), as an HTTP date. */
+        Sunset: string;
+        /** @description Only on a deprecated view with a successor: rel="successor-version". */
+        Link: string;
         /** @description Seconds after which to retry. */
         "Retry-After": string;
     };
@@ -369,6 +460,9 @@ export interface operations {
                     "Feature-Freshness-Objective": components["headers"]["Feature-Freshness-Objective"];
                     "Feature-Tier": components["headers"]["Feature-Tier"];
                     "Request-Id": components["headers"]["Request-Id"];
+                    Deprecation: components["headers"]["Deprecation"];
+                    Sunset: components["headers"]["Sunset"];
+                    Link: components["headers"]["Link"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -421,6 +515,9 @@ export interface operations {
                     "Feature-Freshness-Objective": components["headers"]["Feature-Freshness-Objective"];
                     "Feature-Tier": components["headers"]["Feature-Tier"];
                     "Request-Id": components["headers"]["Request-Id"];
+                    Deprecation: components["headers"]["Deprecation"];
+                    Sunset: components["headers"]["Sunset"];
+                    Link: components["headers"]["Link"];
                     [name: string]: unknown;
                 };
                 content: {
@@ -432,6 +529,57 @@ export interface operations {
             405: components["responses"]["MethodNotAllowed"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    listSyncJobs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every sync job. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncJobs"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    listSyncRuns: {
+        parameters: {
+            query?: {
+                /** @description How many runs (1 to 100, default 20). */
+                limit?: string;
+            };
+            header?: never;
+            path: {
+                job: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The job's runs. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SyncRuns"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
         };

@@ -25,7 +25,7 @@ export interface ServedView {
 }
 
 
-function toServedVersion(published: PublishedVersion): ServedVersion {
+export function toServedVersion(published: PublishedVersion): ServedVersion {
   const columns = published.features.map((f) => (f.type === 'timestamp' ? isoTimeSql(quoteIdent(f.name)) : quoteIdent(f.name)));
   return {
     ...published,

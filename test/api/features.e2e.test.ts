@@ -311,6 +311,17 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     expect(after.data!.results).toEqual(before.data!.results);
   });
 
+  it('describes the sync jobs and their runs', async () => {
+    const jobs = await client.GET('/sync/v1/jobs');
+    expect(jobs.response.status).toBe(200);
+    expect(jobs.data!.jobs.map((j) => j.job).sort()).toEqual(['accounts', 'items']);
+    expect(jobs.data!.jobs.find((j) => j.job === 'items')).toMatchObject({ current_version: 1, rows: 2501, last_run: { status: 'succeeded', rows_read: 2501, rows_written: 2501 } });
+    const runs = await client.GET('/sync/v1/jobs/{job}/runs', { params: { path: { job: 'items' }, query: { limit: '5' } } });
+    expect(runs.data!.runs[0]).toMatchObject({ job: 'items', status: 'succeeded', details: { ignored_columns: ['extra_column'], rows_rejected: 0, duplicates_dropped: 0 } });
+    const bad = await client.GET('/sync/v1/jobs/{job}/runs', { params: { path: { job: 'items' }, query: { limit: '500' } } });
+    expect(bad.response.status).toBe(400);
+  });
+
   it('checked every response above against openapi.yaml', () => {
     expect(checked).toBeGreaterThan(40);
   });

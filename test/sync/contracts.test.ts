@@ -1,0 +1,310 @@
+// Sync jobs that data teams can trust: for each way data goes wrong, the run's
+// status and message, its record's counts, and that what was served before a
+// failed run is still served after it. Parquet written by DuckDB, real
+// Postgres and Redis.
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { parseJobDefinition, type JobDefinition } from '../../src/jobs/definition.js';
+import { silentLogger } from '../../src/observability/log.js';
+import { startServer, type RunningServer } from '../../src/server.js';
+import { toServedVersion } from '../../src/stores/catalog.js';
+import { getRun, META_SCHEMA, readPublishedVersions, rollbackView } from '../../src/stores/metadata.js';
+import { FeatureReader } from '../../src/stores/reader.js';
+import { jobLockKey, runSync, type RunOptions, type RunSummary } from '../../src/sync/engine.js';
+import { freshDatabase } from '../support/db.js';
+import { serverConfig, tempDir, writeJobs, writeParquet, type JobYaml } from '../support/fixtures.js';
+import { startRedis, type RedisServer } from '../support/servers.js';
+
+describe('sync contracts, rejects, duplicates, guards and versions', () => {
+  let redis: RedisServer;
+  let database: { url: string; drop(): Promise<void> };
+  let server: RunningServer;
+  let dir: string;
+  let baseUrl: string;
+
+  /** Writes the view's source from SQL and runs its job once, in this process. */
+  const sync = async (yaml: Omit<JobYaml, 'source'>, sql: string, options: RunOptions = {}): Promise<{ summary: RunSummary; job: JobDefinition }> => {
+    const source = await writeParquet(path.join(dir, `${yaml.view}.parquet`), sql);
+    const job = parseJobDefinition(path.join(dir, `${yaml.view}.yaml`), JSON.stringify({ schedule: '0 0 * * *', freshness: '1d', ...yaml, source }));
+    const summary = await runSync(job, { db: server.db, hot: server.hot, log: silentLogger, batchRows: 1000, retry: { attempts: 1, baseDelayMs: 1 } }, 'manual', options);
+    return { summary, job };
+  };
+
+  /** The version readers are switched to now, as the serving side resolves it. */
+  const currentServedVersion = async (view: string) => {
+    const published = (await readPublishedVersions(server.db)).find((v) => v.view === view);
+    return published && toServedVersion(published);
+  };
+
+  /** What readers get now for these ids of a view (through the real read path). */
+  const served = async (view: string, ids: string[]) => {
+    const version = await currentServedVersion(view);
+    if (!version) return { version: null, rows: ids.map(() => null) };
+    const { rows } = await new FeatureReader(server.db, server.hot, { fillTtlSeconds: 60 }).read(version, ids);
+    return { version: version.version, rows: rows.map((r) => (r ? Object.fromEntries(version.features.map((f, i) => [f.name, r.values[i]])) : null)) };
+  };
+
+  const rejectsOf = (runId: number) =>
+    server.db.query<{ job: string; entity_id: string | null; column_name: string; reason: string }>(`SELECT job, entity_id, column_name, reason FROM ${META_SCHEMA}.rejects WHERE run_id = $1 ORDER BY entity_id`, [runId]);
+
+  const base = { entity_key: 'id', event_time: 't', features: { score: { type: 'double' } } };
+  const rows = (n: number, score = 'i * 1.0', extra = '') => `SELECT 'k' || i AS id, TIMESTAMP '2026-01-01' + INTERVAL (i) MINUTE AS t, ${score} AS score${extra} FROM range(1, ${n + 1}) t(i)`;
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    database = await freshDatabase(inject('databaseUrl'), 'contracts');
+    dir = await tempDir('contracts');
+    const prices = await writeParquet(path.join(dir, 'prices.parquet'), `SELECT 'p' || i AS sku, TIMESTAMP '2026-05-01' AS t, i * 10 AS price FROM range(1, 6) t(i)`);
+    const pricesV2 = await writeParquet(path.join(dir, 'prices_v2.parquet'), `SELECT 'p' || i AS sku, TIMESTAMP '2026-05-02' AS t, (i * 1000)::BIGINT AS price_cents, 'EUR' AS currency FROM range(1, 6) t(i)`);
+    await writeJobs(dir, [
+      { view: 'prices', source: prices, entity_key: 'sku', event_time: 't', features: { price: { type: 'double' } } },
+      { view: 'prices_v2', source: pricesV2, entity_key: 'sku', event_time: 't', features: { price_cents: { type: 'integer' }, currency: { type: 'string', allowed: ['EUR', 'USD'] } as never } },
+    ]);
+    // Deprecate v1 in favour of v2.
+    const { readFile, writeFile } = await import('node:fs/promises');
+    const v1 = JSON.parse(await readFile(path.join(dir, 'prices.yaml'), 'utf8'));
+    await writeFile(path.join(dir, 'prices.yaml'), JSON.stringify({ ...v1, deprecated: { since: '2026-06-01', sunset: '2027-01-31', successor: 'prices_v2' } }));
+    server = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir }));
+    baseUrl = `http://127.0.0.1:${server.port}`;
+  });
+
+  afterAll(async () => {
+    await server?.close();
+    await redis?.destroy();
+    await database?.drop();
+  });
+
+  describe('contract columns', () => {
+    it('reports an extra source column and ignores it', async () => {
+      const { summary } = await sync({ view: 'c_extra', ...base }, rows(10, 'i * 1.0', ", 'x' AS brand_new"));
+      expect(summary).toMatchObject({ status: 'succeeded', rowsRead: 10, rowsWritten: 10, details: { ignored_columns: ['brand_new'] } });
+      expect((await getRun(server.db, summary.runId))!.details).toMatchObject({ ignored_columns: ['brand_new'] });
+    });
+
+    it('fails on a removed, a renamed and a retyped column, naming expected and found, and keeps serving', async () => {
+      expect((await sync({ view: 'c_cols', ...base }, rows(10))).summary.status).toBe('succeeded');
+      const removed = await sync({ view: 'c_cols', ...base }, `SELECT 'k' || i AS id, TIMESTAMP '2026-01-02' AS t FROM range(1, 11) t(i)`);
+      expect(removed.summary).toMatchObject({ status: 'failed', rowsWritten: 0 });
+      expect(removed.summary.error).toMatch(/feature column "score" is missing from the source \(expected double/);
+      const renamed = await sync({ view: 'c_cols', ...base }, `SELECT 'k' || i AS id, TIMESTAMP '2026-01-02' AS t, i * 2.0 AS rating FROM range(1, 11) t(i)`);
+      expect(renamed.summary.error).toMatch(/feature column "score" is missing from the source .*Source columns: id VARCHAR, t TIMESTAMP, rating DECIMAL/);
+      const retyped = await sync({ view: 'c_cols', ...base }, `SELECT 'k' || i AS id, TIMESTAMP '2026-01-02' AS t, 'high' AS score FROM range(1, 11) t(i)`);
+      expect(retyped.summary.error).toMatch(/feature column "score" has type VARCHAR, expected double/);
+      const record = await getRun(server.db, retyped.summary.runId);
+      expect(record).toMatchObject({ status: 'failed', rowsWritten: 0, details: { contract_violations: [expect.stringContaining('"score" has type VARCHAR')] } });
+      expect(await served('c_cols', ['k3'])).toEqual({ version: 1, rows: [{ score: 3 }] });
+    });
+
+    it('refuses a breaking change to a published contract and points to a new view version', async () => {
+      const retype = await sync({ view: 'c_cols', entity_key: 'id', event_time: 't', features: { score: { type: 'string' } } }, `SELECT 'k' || i AS id, TIMESTAMP '2026-01-02' AS t, 'x' AS score FROM range(1, 11) t(i)`);
+      expect(retype.summary.error).toMatch(/breaks what its callers rely on: feature "score" changed type from double to string\. Publish the new contract as a new view \(for example "c_cols_v2"\)/);
+      // Adding a feature is compatible.
+      const grow = await sync({ view: 'c_cols', entity_key: 'id', event_time: 't', features: { score: { type: 'double' }, rank: { type: 'integer' } } }, rows(10, 'i * 1.0', ', i AS rank'));
+      expect(grow.summary).toMatchObject({ status: 'succeeded', version: 2 });
+    });
+  });
+
+  describe('epoch time units', () => {
+    const epochJob = (unit: string) => ({ view: 'c_epoch', entity_key: 'id', event_time: { column: 'ts', unit }, features: { score: { type: 'double' } } }) as never;
+    const epochRows = (scale: string) => `SELECT 'k' || i AS id, (1767225600 + i * 60)::BIGINT ${scale} AS ts, i * 1.0 AS score FROM range(1, 21) t(i)`;
+
+    it('serves epoch seconds as UTC times when declared as seconds', async () => {
+      const { summary } = await sync(epochJob('s'), epochRows(''));
+      expect(summary).toMatchObject({ status: 'succeeded', watermark: '2026-01-01T00:20:00.000000Z' });
+      const version = (await currentServedVersion('c_epoch'))!;
+      const { rows } = await new FeatureReader(server.db, server.hot, { fillTtlSeconds: 60 }).read(version, ['k1']);
+      expect(rows[0]!.eventTime).toBe('2026-01-01T00:01:00.000000Z');
+    });
+
+    it('fails when seconds are declared but milliseconds arrive, and the reverse, saying which unit the data looks like', async () => {
+      const ms = await sync(epochJob('s'), epochRows('* 1000'));
+      expect(ms.summary.status).toBe('failed');
+      expect(ms.summary.error).toMatch(/column "ts" is declared in epoch seconds but its values look like epoch milliseconds \(median 1767226\d+\); fix the source or declare unit: ms/);
+      const s = await sync(epochJob('ms'), epochRows(''));
+      expect(s.summary.error).toMatch(/column "ts" is declared in epoch milliseconds but its values look like epoch seconds/);
+      expect(await served('c_epoch', ['k1'])).toEqual({ version: 1, rows: [{ score: 1 }] });
+    });
+
+    it('asks for a unit when an epoch number has none declared', async () => {
+      const { summary } = await sync({ view: 'c_epoch2', entity_key: 'id', event_time: 'ts', features: { score: { type: 'double' } } }, epochRows(''));
+      expect(summary.error).toMatch(/event-time column "ts" holds BIGINT numbers; if they are epoch times, declare their unit \(event_time: \{ column: ts, unit: s \| ms \| us \}\)/);
+    });
+  });
+
+  describe('row rejects', () => {
+    const constrained = (share: number) => ({
+      view: 'c_rejects',
+      entity_key: 'id',
+      event_time: 't',
+      max_reject_share: share,
+      features: { score: { type: 'double', nullable: false, min: 0, max: 100 }, tier: { type: 'string', allowed: ['gold', 'silver'] } },
+    });
+    const data = (bad: number) =>
+      `SELECT 'k' || i AS id, TIMESTAMP '2026-01-01' AS t,
+              CASE WHEN i <= ${bad} AND i % 3 = 0 THEN NULL WHEN i <= ${bad} AND i % 3 = 1 THEN 150.0 ELSE 50.0 END AS score,
+              CASE WHEN i <= ${bad} AND i % 3 = 2 THEN 'bronze' ELSE 'gold' END AS tier
+         FROM range(1, 101) t(i)`;
+
+    it('leaves out rows that break constraints when under the threshold, and records each with its reason', async () => {
+      const { summary } = await sync(constrained(0.05), data(3));
+      expect(summary).toMatchObject({ status: 'succeeded', rowsRead: 100, rowsWritten: 97, details: { rows_rejected: 3, duplicates_dropped: 0 } });
+      expect(await rejectsOf(summary.runId)).toEqual([
+        { job: 'c_rejects', entity_id: 'k1', column_name: 'score', reason: 'is above the maximum 100 (got 150.0)' },
+        { job: 'c_rejects', entity_id: 'k2', column_name: 'tier', reason: 'is not an allowed value (got bronze)' },
+        { job: 'c_rejects', entity_id: 'k3', column_name: 'score', reason: 'is null, and the contract says nullable: false' },
+      ]);
+      expect(await served('c_rejects', ['k1', 'k4'])).toMatchObject({ version: 1, rows: [null, { score: 50, tier: 'gold' }] });
+    });
+
+    it('fails the run over the threshold, publishes nothing of it, and keeps the rejects for inspection', async () => {
+      const { summary } = await sync(constrained(0.05), data(10));
+      expect(summary.status).toBe('failed');
+      expect(summary.error).toMatch(/10 of 100 rows \(10\.00%\) of view "c_rejects" broke its constraints; the limit \(max_reject_share\) is 5\.00%\. Commonest: 4 × score: is above the maximum 100/);
+      expect((await rejectsOf(summary.runId)).length).toBe(10);
+      expect(await served('c_rejects', ['k1'])).toMatchObject({ version: 1, rows: [null] });
+      // The default threshold is zero: one bad row fails the run.
+      const strict = await sync({ ...constrained(0.05), max_reject_share: undefined } as never, data(1));
+      expect(strict.summary.error).toMatch(/1 of 100 rows \(1\.00%\).*the limit \(max_reject_share\) is 0\.00%/);
+    });
+
+    it('rejects rows whose event time is far in the future, so they cannot move the watermark', async () => {
+      const { summary } = await sync({ ...base, view: 'c_future', max_reject_share: 0.5 } as never, `SELECT 'k' || i AS id, CASE WHEN i = 1 THEN TIMESTAMP '2999-01-01' ELSE TIMESTAMP '2026-01-01' END AS t, 1.0 AS score FROM range(1, 5) t(i)`);
+      expect(summary).toMatchObject({ status: 'succeeded', rowsWritten: 3, watermark: '2026-01-01T00:00:00.000000Z' });
+      expect((await rejectsOf(summary.runId))[0]!.reason).toMatch(/the event time 2999-01-01T00:00:00.000000Z is more than a day in the future/);
+    });
+  });
+
+  describe('duplicates', () => {
+    it('keeps the latest event time per entity, breaks ties deterministically, and counts what it dropped', async () => {
+      const sql = `SELECT * FROM (VALUES
+          ('a', TIMESTAMP '2026-01-01 10:00', 1.0), ('a', TIMESTAMP '2026-01-01 12:00', 2.0), ('a', TIMESTAMP '2026-01-01 11:00', 3.0),
+          ('b', TIMESTAMP '2026-01-01 09:00', 5.0), ('b', TIMESTAMP '2026-01-01 09:00', 4.0),
+          ('c', TIMESTAMP '2026-01-01 08:00', 6.0)) v(id, t, score)`;
+      const { summary } = await sync({ view: 'c_dups', ...base }, sql);
+      expect(summary).toMatchObject({ status: 'succeeded', rowsRead: 6, rowsWritten: 3, details: { duplicates_dropped: 3, rows_rejected: 0 } });
+      expect(await served('c_dups', ['a', 'b', 'c'])).toEqual({ version: 1, rows: [{ score: 2 }, { score: 5 }, { score: 6 }] });
+      // The same rows in another order give the same answer.
+      const reversed = `SELECT * FROM (${sql}) ORDER BY score DESC`;
+      expect((await sync({ view: 'c_dups', ...base }, reversed)).summary.status).toBe('succeeded');
+      expect(await served('c_dups', ['a', 'b', 'c'])).toEqual({ version: 2, rows: [{ score: 2 }, { score: 5 }, { score: 6 }] });
+    });
+  });
+
+  describe('snapshot guards', () => {
+    it('fails an empty snapshot unless forced', async () => {
+      expect((await sync({ view: 'c_empty', ...base }, rows(10))).summary.status).toBe('succeeded');
+      const empty = await sync({ view: 'c_empty', ...base }, `${rows(10)} LIMIT 0`);
+      expect(empty.summary.error).toMatch(/the snapshot of view "c_empty" has no rows to publish; fix the source, or force the run/);
+      expect(await served('c_empty', ['k1'])).toEqual({ version: 1, rows: [{ score: 1 }] });
+      const forced = await sync({ view: 'c_empty', ...base }, `${rows(10)} LIMIT 0`, { force: true });
+      // The refused run never allocated a version, so the forced one is version 2.
+      expect(forced.summary).toMatchObject({ status: 'succeeded', version: 2, rowsWritten: 0, details: { forced: true } });
+      expect(await served('c_empty', ['k1'])).toEqual({ version: 2, rows: [null] });
+    });
+
+    it('fails a snapshot that shrank past the limit unless forced', async () => {
+      expect((await sync({ view: 'c_shrink', ...base, max_row_drop: 0.2 } as never, rows(100))).summary.status).toBe('succeeded');
+      expect((await sync({ view: 'c_shrink', ...base, max_row_drop: 0.2 } as never, rows(85))).summary.status).toBe('succeeded');
+      const shrunk = await sync({ view: 'c_shrink', ...base, max_row_drop: 0.2 } as never, rows(50));
+      expect(shrunk.summary.error).toMatch(/has 50 entities, 41\.2% fewer than the 85 of version 2; the limit \(max_row_drop\) is 20\.0%\. Force the run if the shrink is intended/);
+      expect(await served('c_shrink', ['k80'])).toEqual({ version: 2, rows: [{ score: 80 }] });
+      expect((await sync({ view: 'c_shrink', ...base, max_row_drop: 0.2 } as never, rows(50), { force: true })).summary).toMatchObject({ status: 'succeeded', rowsWritten: 50 });
+    });
+  });
+
+  describe('one run at a time', () => {
+    it('runs a job once when two processes start it together; the other records a skip', async () => {
+      const source = await writeParquet(path.join(dir, 'c_lock.parquet'), rows(300_000, 'i * 1.0'));
+      await writeJobs(dir, [{ view: 'c_lock', source, ...base }]);
+      const start = () =>
+        new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const child = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/cli/ctl.ts'), 'sync', 'c_lock'], {
+            env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir },
+          });
+          let stderr = '';
+          child.stderr.on('data', (d) => (stderr += d));
+          child.on('exit', (code) => resolve({ code, stderr }));
+        });
+      const results = await Promise.all([start(), start()]);
+      expect(results.map((r) => r.code).sort()).toEqual([0, 3]);
+      expect(results.find((r) => r.code === 3)!.stderr).toMatch(/sync of c_lock skipped \(run \d+\): another run of this job was in progress/);
+      const runs = await server.db.query<{ status: string }>(`SELECT status FROM ${META_SCHEMA}.runs WHERE job = 'c_lock' ORDER BY status`);
+      expect(runs.map((r) => r.status)).toEqual(['skipped', 'succeeded']);
+    });
+
+    it('retries a transient failure with backoff and succeeds once the store is back', async () => {
+      await redis.stop();
+      setTimeout(() => void redis.start(), 700);
+      const source = await writeParquet(path.join(dir, 'c_retry.parquet'), rows(10));
+      const job = parseJobDefinition(path.join(dir, 'c_retry.yaml'), JSON.stringify({ view: 'c_retry', source, ...base, schedule: '0 0 * * *', freshness: '1d' }));
+      const summary = await runSync(job, { db: server.db, hot: server.hot, log: silentLogger, batchRows: 1000, retry: { attempts: 5, baseDelayMs: 300 } }, 'manual');
+      expect(summary.status).toBe('succeeded');
+      const runs = await server.db.query<{ status: string; error: string | null }>(`SELECT status, error FROM ${META_SCHEMA}.runs WHERE job = 'c_retry' ORDER BY run_id`);
+      expect(runs.length).toBeGreaterThan(1);
+      expect(runs.at(-1)!.status).toBe('succeeded');
+      expect(runs.slice(0, -1).every((r) => r.status === 'failed' && r.error)).toBe(true);
+    });
+
+    it('does not retry a permanent (data) failure', async () => {
+      const source = await writeParquet(path.join(dir, 'c_perm.parquet'), `SELECT 'k1' AS id, TIMESTAMP '2026-01-01' AS t, 'x' AS score`);
+      const job = parseJobDefinition(path.join(dir, 'c_perm.yaml'), JSON.stringify({ view: 'c_perm', source, ...base, schedule: '0 0 * * *', freshness: '1d' }));
+      await runSync(job, { db: server.db, hot: server.hot, log: silentLogger, batchRows: 1000, retry: { attempts: 5, baseDelayMs: 1 } }, 'manual');
+      const runs = await server.db.query(`SELECT 1 FROM ${META_SCHEMA}.runs WHERE job = 'c_perm'`);
+      expect(runs.length).toBe(1);
+    });
+  });
+
+  describe('versions served side by side, rollback, and the sync routes', () => {
+    it('serves v1 and v2 of a view side by side, v1 with Deprecation, Sunset and a successor link', async () => {
+      expect(await server.runner.run('prices', 'manual')).toMatchObject({ status: 'succeeded' });
+      expect(await server.runner.run('prices_v2', 'manual')).toMatchObject({ status: 'succeeded' });
+      const v1 = await fetch(`${baseUrl}/features/v1/p2?view=prices`);
+      expect(await v1.json()).toMatchObject({ view: 'prices', features: { price: 20 } });
+      expect(v1.headers.get('Deprecation')).toBe(`@${Date.parse('2026-06-01T00:00:00Z') / 1000}`);
+      expect(v1.headers.get('Sunset')).toBe('Sun, 31 Jan 2027 00:00:00 GMT');
+      expect(v1.headers.get('Link')).toBe('</features/v1/p2?view=prices_v2>; rel="successor-version"');
+      const v2 = await fetch(`${baseUrl}/features/v1/p2?view=prices_v2`);
+      expect(await v2.json()).toMatchObject({ view: 'prices_v2', features: { price_cents: 2000, currency: 'EUR' } });
+      expect(v2.headers.get('Deprecation')).toBeNull();
+      expect(v2.headers.get('Sunset')).toBeNull();
+    });
+
+    it('rolls back to the previous version: its values and its freshness headers', async () => {
+      await writeParquet(path.join(dir, 'prices.parquet'), `SELECT 'p' || i AS sku, TIMESTAMP '2026-05-09' AS t, i * 11 AS price FROM range(1, 6) t(i)`);
+      expect(await server.runner.run('prices', 'manual')).toMatchObject({ status: 'succeeded', version: 2 });
+      const after = await fetch(`${baseUrl}/features/v1/p2?view=prices`);
+      expect(after.headers.get('Feature-Version')).toBe('2');
+      expect(after.headers.get('Feature-As-Of')).toBe('2026-05-09T00:00:00.000000Z');
+      expect(((await after.json()) as { features: { price: number } }).features.price).toBe(22);
+
+      expect(await rollbackView(server.db, 'prices', jobLockKey('prices'))).toMatchObject({ from: 2, to: 1 });
+      await expect.poll(async () => (await fetch(`${baseUrl}/features/v1/p2?view=prices`)).headers.get('Feature-Version'), { timeout: 5_000 }).toBe('1');
+      const back = await fetch(`${baseUrl}/features/v1/p2?view=prices`);
+      expect(back.headers.get('Feature-As-Of')).toBe('2026-05-01T00:00:00.000000Z');
+      expect(back.headers.get('Last-Modified')).toBe('Fri, 01 May 2026 00:00:00 GMT');
+      expect(((await back.json()) as { features: { price: number } }).features.price).toBe(20);
+    });
+
+    it('lists jobs and runs at /sync/v1, read-only', async () => {
+      const jobs = (await (await fetch(`${baseUrl}/sync/v1/jobs`)).json()) as { jobs: Record<string, unknown>[] };
+      expect(jobs.jobs.find((j) => j.job === 'prices')).toMatchObject({
+        schedule: '0 0 * * *',
+        current_version: 1,
+        watermark: '2026-05-09T00:00:00.000000Z',
+        last_run: { status: 'succeeded', trigger: 'rollback', version: 1 },
+        deprecated: { successor: 'prices_v2' },
+        freshness: { version: 1, as_of: '2026-05-01T00:00:00.000000Z' },
+      });
+      const runs = (await (await fetch(`${baseUrl}/sync/v1/jobs/prices/runs?limit=2`)).json()) as { runs: Record<string, unknown>[] };
+      expect(runs.runs.map((r) => [r.trigger, r.status, r.version])).toEqual([
+        ['rollback', 'succeeded', 1],
+        ['manual', 'succeeded', 2],
+      ]);
+      expect((await fetch(`${baseUrl}/sync/v1/jobs/nope/runs`)).status).toBe(400);
+      expect((await fetch(`${baseUrl}/sync/v1/jobs/prices/runs?limit=0`)).status).toBe(400);
+      expect((await fetch(`${baseUrl}/sync/v1/jobs?x=1`)).status).toBe(400);
+      expect((await fetch(`${baseUrl}/sync/v1/jobs`, { method: 'POST' })).status).toBe(404);
+    });
+  });
+});
