@@ -1,5 +1,6 @@
 // The operator's command line, against DATABASE_URL and REDIS_URL:
 //   sync <job> [--force]        run one job once (`npm run sync -- <job>`)
+//   backfill <job> --from T     run an incremental job over the rows after instant T
 //   runs <job> [--limit N]      list the job's recent runs
 //   rollback <view>             switch readers back to the previous version
 // Exit codes: 0 done, 1 failed (the reason on stderr), 2 bad usage or
@@ -15,6 +16,7 @@ import { jobLockKey, runSync } from '../sync/engine.js';
 
 const USAGE = `usage:
   npm run sync -- <job> [--force]          run one sync job once (--force publishes an empty or shrunken snapshot)
+  npm run ctl -- backfill <job> --from T   run an incremental job over every row after T (ISO 8601)
   npm run ctl -- runs <job> [--limit N]    list the job's recent runs (default 20)
   npm run ctl -- rollback <view>           switch readers back to the view's previous version
 All commands need DATABASE_URL and REDIS_URL.`;
@@ -57,7 +59,7 @@ function findJob(config: Config, jobs: JobDefinition[], name: string | undefined
 async function main(argv: string[]): Promise<void> {
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, allowPositionals: true, options: { force: { type: 'boolean' }, limit: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: { force: { type: 'boolean' }, limit: { type: 'string' }, from: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
   } catch (error) {
     throw usage((error as Error).message);
   }
@@ -68,14 +70,17 @@ async function main(argv: string[]): Promise<void> {
   }
   const [command, name, ...rest] = positionals;
   if (rest.length) throw usage(`unexpected arguments: ${rest.join(' ')}`);
-  if (command !== 'sync' && command !== 'runs' && command !== 'rollback') throw usage(command ? `unknown command "${command}"` : 'name a command');
+  if (command !== 'sync' && command !== 'backfill' && command !== 'runs' && command !== 'rollback') throw usage(command ? `unknown command "${command}"` : 'name a command');
   if (values.force && command !== 'sync') throw usage('--force goes with sync');
+  if ((values.from !== undefined) !== (command === 'backfill')) throw usage('backfill needs --from, and --from goes with backfill');
+  if (values.from !== undefined && Number.isNaN(Date.parse(values.from))) throw usage(`--from must be an ISO 8601 instant such as 2026-01-01T00:00:00Z, got "${values.from}"`);
   if (values.limit !== undefined && command !== 'runs') throw usage('--limit goes with runs');
   const limit = values.limit === undefined ? 20 : Number(values.limit);
   if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw usage(`--limit must be a whole number from 1 to 1000, got ${values.limit}`);
 
   const { config, jobs } = await setup();
   const job = findJob(config, jobs, name);
+  if (command === 'backfill' && job.mode !== 'incremental') throw new ExitError(`${job.view} is a snapshot job; backfill applies to incremental jobs (every snapshot run reads all rows)`, 2);
   const db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 4, applicationName: `feature-ctl:${job.view}`, statementTimeoutMs: config.syncTimeoutMs });
   const hot = new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: 30_000 });
   try {
@@ -91,13 +96,16 @@ async function main(argv: string[]): Promise<void> {
       process.stdout.write(JSON.stringify({ view: job.view, rolled_back_from: result.from, current_version: result.to, run_id: result.runId }, null, 2) + '\n');
     } else {
       await hot.ready(5_000).catch((error: Error) => {
-        throw new ExitError(`sync of ${job.view} could not run: Redis: ${error.message}`, 1);
+        throw new ExitError(`${command} of ${job.view} could not run: Redis: ${error.message}`, 1);
       });
       const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, { component: 'sync-cli' });
-      const summary = await runSync(job, { db, hot, log, batchRows: config.syncBatchRows, retry: config.syncRetry }, 'manual', { force: values.force === true });
+      const summary = await runSync(job, { db, hot, log, batchRows: config.syncBatchRows, retry: config.syncRetry }, 'manual', {
+        force: values.force === true,
+        ...(values.from ? { backfillFrom: new Date(values.from).toISOString() } : {}),
+      });
       process.stdout.write(JSON.stringify(summary, null, 2) + '\n');
-      if (summary.status === 'failed') throw new ExitError(`sync of ${job.view} failed (run ${summary.runId}): ${summary.error}`, 1);
-      if (summary.status === 'skipped') throw new ExitError(`sync of ${job.view} skipped (run ${summary.runId}): ${summary.error}`, 3);
+      if (summary.status === 'failed') throw new ExitError(`${command} of ${job.view} failed (run ${summary.runId}): ${summary.error}`, 1);
+      if (summary.status === 'skipped') throw new ExitError(`${command} of ${job.view} skipped (run ${summary.runId}): ${summary.error}`, 3);
     }
   } finally {
     await Promise.allSettled([db.close(), hot.close()]);

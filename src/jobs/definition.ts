@@ -12,7 +12,7 @@ export const ENTITY_ID_PATTERN = '^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$';
 export const ENTITY_ID_MAX_LENGTH = 128;
 
 const NAME_PATTERN = /^[a-z][a-z0-9_]{0,47}$/;
-const TOP_LEVEL_FIELDS = 'view, description, source, transform, entity_key, event_time, features, schedule, freshness, max_reject_share, max_row_drop, deprecated';
+const TOP_LEVEL_FIELDS = 'view, description, source, transform, entity_key, event_time, features, schedule, freshness, mode, lookback, delete_column, max_reject_share, max_row_drop, deprecated';
 /** Columns every version table has besides the features. */
 export const RESERVED_COLUMNS = new Set(['entity_id', 'event_time']);
 
@@ -104,6 +104,12 @@ const definitionSchema = z
     max_reject_share: share.default(0),
     /** A snapshot may have at most this share fewer rows than the version it replaces, unless forced. */
     max_row_drop: share.default(0.5),
+    /** snapshot: each run replaces the view; incremental: each run applies the rows past the last watermark. */
+    mode: z.enum(['snapshot', 'incremental'], { error: () => 'expected snapshot or incremental' }).default('snapshot'),
+    /** Incremental runs re-read this far behind the last watermark, for late rows. */
+    lookback: z.union([z.literal(0), duration]).default(3600),
+    /** A boolean source column: true removes the entity. */
+    delete_column: z.string().min(1).optional(),
     deprecated: deprecationSchema.optional(),
   })
   .superRefine((def, ctx) => {
@@ -153,6 +159,9 @@ export interface JobDefinition {
   readonly freshnessSeconds: number;
   readonly maxRejectShare: number;
   readonly maxRowDrop: number;
+  readonly mode: 'snapshot' | 'incremental';
+  readonly lookbackSeconds: number;
+  readonly deleteColumn: string | undefined;
   readonly deprecated: Deprecation | undefined;
 }
 
@@ -188,10 +197,10 @@ export function parseJobDefinition(file: string, text: string): JobDefinition {
     throw new JobDefinitionError(`${file}: view: the view is "${def.view}" but the file is named "${path.basename(file)}"; name the file ${def.view}.yaml`);
   }
   const eventTime = typeof def.event_time === 'string' ? { column: def.event_time, unit: undefined } : def.event_time;
-  const columns = [def.entity_key, eventTime.column, ...Object.keys(def.features)];
+  const columns = [def.entity_key, eventTime.column, ...Object.keys(def.features), ...(def.delete_column ? [def.delete_column] : [])];
   const repeated = columns.find((column, index) => columns.indexOf(column) !== index);
   if (repeated) {
-    throw new JobDefinitionError(`${file}: column "${repeated}" is named twice among entity_key, event_time and features; each must be its own column`);
+    throw new JobDefinitionError(`${file}: column "${repeated}" is named twice among entity_key, event_time, features and delete_column; each must be its own column`);
   }
   return Object.freeze({
     view: def.view,
@@ -209,6 +218,9 @@ export function parseJobDefinition(file: string, text: string): JobDefinition {
     freshnessSeconds: def.freshness,
     maxRejectShare: def.max_reject_share,
     maxRowDrop: def.max_row_drop,
+    mode: def.mode,
+    lookbackSeconds: def.lookback,
+    deleteColumn: def.delete_column,
     deprecated: def.deprecated ? Object.freeze({ since: def.deprecated.since, sunset: def.deprecated.sunset, successor: def.deprecated.successor }) : undefined,
   });
 }

@@ -6,21 +6,24 @@
 // the previous version serving and removes what the run wrote.
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { FeatureType, JobDefinition } from '../jobs/definition.js';
-import type { Database, Queryable } from '../stores/database.js';
+import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey } from '../stores/hot-tier.js';
-import { finishRun, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
+import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
 import type { Logger } from '../observability/log.js';
 import {
   checkCompatibility,
   checkContract,
   checkedSql,
+  createDeltaTableSql,
   createTableSql,
   epochMediansSql,
   judgeEpochUnits,
   judgeRejects,
   judgeSnapshot,
+  hotValuesFromPostgresSql,
   loadSql,
+  mergeSql,
   projectionSql,
   REJECT_SAMPLE_SQL,
   REJECT_SUMMARY_SQL,
@@ -54,6 +57,8 @@ export interface SyncContext {
 export interface RunOptions {
   /** Publish even an empty or shrunken snapshot. */
   readonly force?: boolean;
+  /** Incremental jobs: read rows after this instant (ISO 8601) instead of after the last watermark minus the lookback. */
+  readonly backfillFrom?: string;
 }
 
 export interface RunSummary {
@@ -147,35 +152,63 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     if (previous) checkCompatibility(job, previous.features);
     const mediansSql = epochMediansSql(job);
     if (mediansSql) judgeEpochUnits(job, await queryOne(conn, mediansSql));
+    // Incremental runs on top of a published version read only rows past its
+    // as-of time (the newest event time it holds) minus the lookback, or past
+    // the backfill instant given.
+    const incremental = job.mode === 'incremental' && previous !== undefined;
+    const since = incremental ? (options.backfillFrom ?? windowStart(previous.asOf, job.lookbackSeconds)) : null;
+    if (since) details.window_start = since;
     await conn.run(`CREATE VIEW projected AS ${projectionSql(job)}`);
-    await conn.run(`CREATE VIEW checked AS ${checkedSql(job)}`);
+    await conn.run(`CREATE VIEW checked AS ${checkedSql(job, since)}`);
     const stats = toRunStats(await queryOne(conn, STATS_SQL));
     rowsRead = stats.rowsRead;
-    watermark = stats.watermark;
     Object.assign(details, { rows_rejected: stats.rejected, duplicates_dropped: stats.duplicates });
     if (stats.rejected) await recordRejects(conn, db, job, runId, stats);
-    judgeSnapshot(job, stats, previous, options.force === true);
+    if (!incremental) judgeSnapshot(job, stats, previous, options.force === true);
     if (options.force) details.forced = true;
     phase('read_and_check');
 
     version = await allocateVersion(db, job, runId);
     const table = versionTable(job.view, version);
     await db.query(createTableSql(table, job.features));
-    const written = await streamRows(conn, job, version, table, ctx, stats.duplicates > 0);
-    rowsWritten = written.postgres;
-    // Every row read is accounted for: written, rejected, or a duplicate that lost.
-    if (written.postgres !== stats.entities || written.hot !== stats.entities) {
-      throw new Error(
-        `row counts disagree: read ${rowsRead} (${stats.rejected} rejected, ${stats.duplicates} duplicates), expected ${stats.entities} to write, Postgres stored ${written.postgres}, hot tier ${written.hot}; nothing was published`,
-      );
+    let rowCount: number;
+    if (incremental) {
+      const merged = await mergeDelta(conn, job, previous, version, table, ctx, stats);
+      Object.assign(details, merged.counts);
+      phase('merge');
+      if (merged.changes === 0) {
+        // Nothing changed (a replay, or no new rows): keep serving the current version.
+        await discardVersion(job.view, version, db, hot);
+        details.unchanged = true;
+        const current = previous.version;
+        await finishRun(db, runId, { status: 'succeeded', version: current, rowsRead, rowsWritten: 0, watermark: previous.asOf ? new Date(previous.asOf) : null, details: { ...details, phases_ms: phases } });
+        const summary: RunSummary = { runId, job: job.view, status: 'succeeded', version: current, rowsRead, rowsWritten: 0, watermark: previous.asOf, error: null, durationMs: Date.now() - started, details: { ...details, phases_ms: phases } };
+        log.info('sync.run', { status: 'succeeded', unchanged: true, version: current, rows_read: rowsRead, duration_ms: summary.durationMs, ...summary.details });
+        return summary;
+      }
+      rowsWritten = merged.changes;
+      rowCount = merged.rows;
+      watermark = merged.asOf;
+    } else {
+      const written = await streamRows(conn, job, version, table, ctx, stats.duplicates > 0);
+      rowsWritten = written.postgres;
+      rowCount = written.postgres;
+      watermark = stats.watermark;
+      if (written.deleted) details.deleted = written.deleted;
+      // Every row read is accounted for: written, deleted, rejected, or a duplicate that lost.
+      if (written.postgres + written.deleted !== stats.entities || written.hot !== written.postgres) {
+        throw new Error(
+          `row counts disagree: read ${rowsRead} (${stats.rejected} rejected, ${stats.duplicates} duplicates, ${written.deleted} deletions), expected ${stats.entities - written.deleted} to write, Postgres stored ${written.postgres}, hot tier ${written.hot}; nothing was published`,
+        );
+      }
+      phase('load');
+      await db.query(`ALTER TABLE ${table} ADD PRIMARY KEY (entity_id)`);
     }
-    phase('load');
-    await db.query(`ALTER TABLE ${table} ADD PRIMARY KEY (entity_id)`);
     await db.query(`ANALYZE ${table}`);
     phase('index');
 
     await db.transaction(async (tx) => {
-      await publishVersion(tx, job.view, version!, watermark, rowsWritten);
+      await publishVersion(tx, job.view, version!, watermark, rowCount);
       await finishRun(tx, runId, { status: 'succeeded', version, rowsRead, rowsWritten, watermark: watermark ? new Date(watermark) : null, details: { ...details, phases_ms: phases } });
     });
     phase('publish');
@@ -232,14 +265,92 @@ async function describeSource(conn: DuckDBConnection, job: JobDefinition): Promi
 }
 
 /** The version readers are on now, with what the run compares against. */
-async function currentVersion(db: Database, view: string): Promise<{ version: number; rows: number; features: { name: string; type: FeatureType }[] } | undefined> {
-  const [row] = await db.query<{ version: number; row_count: number; features: unknown }>(
-    `SELECT ver.version, ver.row_count, ver.features FROM ${META_SCHEMA}.views v JOIN ${META_SCHEMA}.versions ver ON ver.view = v.view AND ver.version = v.current_version WHERE v.view = $1`,
+interface CurrentVersion {
+  readonly version: number;
+  readonly rows: number;
+  readonly asOf: string | null;
+  readonly features: { name: string; type: FeatureType }[];
+}
+
+async function currentVersion(db: Database, view: string): Promise<CurrentVersion | undefined> {
+  const [row] = await db.query<{ version: number; row_count: number; features: unknown; as_of: string | null }>(
+    `SELECT ver.version, ver.row_count, ver.features, ${isoTimeSql('ver.as_of')} AS as_of FROM ${META_SCHEMA}.views v JOIN ${META_SCHEMA}.versions ver ON ver.view = v.view AND ver.version = v.current_version WHERE v.view = $1`,
     [view],
   );
   if (!row) return undefined;
   const features = (typeof row.features === 'string' ? JSON.parse(row.features) : row.features) as { name: string; type: FeatureType }[];
-  return { version: Number(row.version), rows: Number(row.row_count), features };
+  return { version: Number(row.version), rows: Number(row.row_count), asOf: row.as_of, features };
+}
+
+function windowStart(asOf: string | null, lookbackSeconds: number): string | null {
+  if (!asOf) return null;
+  return new Date(Date.parse(asOf) - lookbackSeconds * 1000).toISOString();
+}
+
+/**
+ * Incremental run: the new version starts as a copy of the current one (so
+ * readers still switch atomically, and rollback works as for snapshots), the
+ * delta is merged with event-time guards, and the hot tier is loaded from the
+ * merged table.
+ */
+async function mergeDelta(
+  conn: DuckDBConnection,
+  job: JobDefinition,
+  previous: CurrentVersion,
+  version: number,
+  table: string,
+  ctx: SyncContext,
+  stats: RunStats,
+): Promise<{ changes: number; rows: number; asOf: string | null; counts: Record<string, number> }> {
+  const { db, hot } = ctx;
+  const kept = previous.features.map((f) => quoteIdent(f.name)).join(', ');
+  await db.query(`INSERT INTO ${table} (entity_id, event_time, ${kept}) SELECT entity_id, event_time, ${kept} FROM ${versionTable(job.view, previous.version)}`);
+  await db.query(`ALTER TABLE ${table} ADD PRIMARY KEY (entity_id)`);
+  const delta = `${DATA_SCHEMA}.${quoteIdent(`${job.view}__v${version}_delta`)}`;
+  await db.query(createDeltaTableSql(delta, job.features));
+  try {
+    const copy = await db.openCopy(delta, ['entity_id', 'event_time', ...job.features.map((f) => f.name), 'deleted']);
+    let deltaRows = 0;
+    try {
+      const result = await conn.stream(loadSql(job, stats.duplicates > 0));
+      for (;;) {
+        const chunk = await result.fetchChunk();
+        if (!chunk || chunk.rowCount === 0) break;
+        const lines = chunk.getColumnVector(1);
+        const deletions = chunk.getColumnVector(3);
+        const text: string[] = [];
+        for (let i = 0; i < chunk.rowCount; i++) text.push(`${lines.getItem(i) as string},${deletions.getItem(i) ? 'true' : 'false'}`);
+        await copy.write(text.join('\n') + '\n');
+        deltaRows += chunk.rowCount;
+      }
+    } catch (error) {
+      await copy.abort(error as Error);
+      throw error;
+    }
+    const stored = await copy.finish();
+    if (stored !== deltaRows || deltaRows !== stats.entities) throw new Error(`row counts disagree: ${stats.entities} delta rows expected, ${deltaRows} read, ${stored} stored; nothing was published`);
+    const merge = mergeSql(table, delta, job.features);
+    const [up] = await db.query<{ inserted: number; updated: number }>(merge.upsert);
+    const [gone] = await db.query<{ deleted: number }>(merge.remove);
+    const inserted = Number(up!.inserted);
+    const updated = Number(up!.updated);
+    const deleted = Number(gone!.deleted);
+    const [after] = await db.query<{ rows: number; as_of: string | null }>(`SELECT count(*) AS rows, ${isoTimeSql('max(event_time)')} AS as_of FROM ${table}`);
+    const rows = Number(after!.rows);
+    if (rows !== previous.rows + inserted - deleted) throw new Error(`row counts disagree after the merge: ${previous.rows} + ${inserted} inserted - ${deleted} deleted != ${rows}; nothing was published`);
+    const changes = inserted + updated + deleted;
+    const counts = { inserted, updated, deleted, unchanged: stats.entities - changes };
+    if (changes === 0) return { changes, rows, asOf: after!.as_of, counts };
+    let hotRows = 0;
+    await forEachBatch(db, hotValuesFromPostgresSql(table, job.features), ctx.batchRows, async (batch) => {
+      await hot.set(batch.map((row) => [hotKey(job.view, version, row[0] as string), row[1] as string] as const));
+      hotRows += batch.length;
+    });
+    if (hotRows !== rows) throw new Error(`the hot tier received ${hotRows} of ${rows} rows; nothing was published`);
+    return { changes, rows, asOf: after!.as_of, counts };
+  } finally {
+    await db.query(`DROP TABLE IF EXISTS ${delta}`);
+  }
 }
 
 /** Keeps a sample of rejected rows in Postgres, whatever the run's outcome, so the reason can be inspected. */
@@ -268,10 +379,11 @@ async function allocateVersion(db: Database, job: JobDefinition, runId: number):
 }
 
 /** Streams DuckDB's rows into COPY and the hot tier at once, a bounded batch at a time. */
-async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext, hasDuplicates: boolean): Promise<{ postgres: number; hot: number }> {
+async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext, hasDuplicates: boolean): Promise<{ postgres: number; hot: number; deleted: number }> {
   const copy = await ctx.db.openCopy(table, ['entity_id', 'event_time', ...job.features.map((f) => f.name)]);
   const inFlight: Promise<void>[] = [];
   let hotRows = 0;
+  let deleted = 0;
   let csv: string[] = [];
   let entries: [string, string][] = [];
   const flush = async () => {
@@ -294,7 +406,13 @@ async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: n
       const ids = chunk.getColumnVector(0);
       const lines = chunk.getColumnVector(1);
       const values = chunk.getColumnVector(2);
+      const deletions = chunk.getColumnVector(3);
       for (let i = 0; i < chunk.rowCount; i++) {
+        // In a snapshot, an entity whose latest row is a deletion is simply absent.
+        if (deletions.getItem(i)) {
+          deleted++;
+          continue;
+        }
         csv.push(lines.getItem(i) as string);
         entries.push([hotKey(job.view, version, ids.getItem(i) as string), values.getItem(i) as string]);
       }
@@ -302,7 +420,7 @@ async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: n
     }
     await flush();
     await Promise.all(inFlight);
-    return { postgres: await copy.finish(), hot: hotRows };
+    return { postgres: await copy.finish(), hot: hotRows, deleted };
   } catch (error) {
     await Promise.allSettled(inFlight);
     await copy.abort(error as Error);

@@ -5,6 +5,7 @@
 import type { EpochUnit, FeatureDefinition, FeatureType, JobDefinition } from '../jobs/definition.js';
 import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
 import { quoteIdent } from '../stores/database.js';
+import { isoTimeSql } from '../stores/metadata.js';
 
 /** A failure of the data or its contract: retrying will not help, fixing the data will. */
 export class SyncDataError extends Error {
@@ -92,6 +93,7 @@ export function checkContract(job: JobDefinition, columns: readonly SourceColumn
     expect(column, role, (t) => TIMESTAMP_TYPES.includes(t), 'TIMESTAMP, TIMESTAMP WITH TIME ZONE or DATE');
   };
   expect(job.entityKey, 'entity key', (t) => t === 'VARCHAR' || INTEGER_TYPES.includes(t), 'VARCHAR or an integer type');
+  if (job.deleteColumn) expect(job.deleteColumn, 'delete-flag', (t) => t === 'BOOLEAN', 'BOOLEAN');
   timeColumn(job.eventTime, 'event-time', job.eventTimeUnit, `event_time: { column: ${job.eventTime}, unit: s | ms | us }`);
   for (const feature of job.features) {
     if (feature.type === 'timestamp') timeColumn(feature.name, 'feature', feature.unit, `features.${feature.name}.unit: s | ms | us`);
@@ -103,7 +105,7 @@ export function checkContract(job: JobDefinition, columns: readonly SourceColumn
       contract_violations: problems,
     });
   }
-  const declared = new Set([job.entityKey, job.eventTime, ...job.features.map((f) => f.name)]);
+  const declared = new Set([job.entityKey, job.eventTime, ...job.features.map((f) => f.name), ...(job.deleteColumn ? [job.deleteColumn] : [])]);
   return { ignoredColumns: columns.map((c) => c.name).filter((name) => !declared.has(name)) };
 }
 
@@ -163,6 +165,7 @@ export function projectionSql(job: JobDefinition): string {
     ...job.features.map((f) =>
       f.type === 'timestamp' ? `${timeExpression(quoteIdent(f.name), f.unit)} AS ${quoteIdent(f.name)}` : `CAST(t.${quoteIdent(f.name)} AS ${DUCK_TYPE[f.type]}) AS ${quoteIdent(f.name)}`,
     ),
+    `${job.deleteColumn ? `coalesce(CAST(t.${quoteIdent(job.deleteColumn)} AS BOOLEAN), false)` : 'false'} AS __deleted`,
   ];
   return `SELECT ${columns.join(', ')} FROM transformed t`;
 }
@@ -214,24 +217,31 @@ function rejectCase(job: JobDefinition): string {
   if (job.eventTimeUnit) {
     when.push(`WHEN epoch(event_time) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS} THEN '${job.eventTime}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown('event_time')} || ')'`);
   }
+  // A deletion carries no features, so feature rules do not apply to it.
+  const live = 'NOT __deleted AND ';
   for (const f of job.features) {
     const col = quoteIdent(f.name);
     const name = f.name;
-    if (!f.nullable) when.push(`WHEN ${col} IS NULL THEN '${name}|is null, and the contract says nullable: false'`);
-    if (f.type === 'double') when.push(`WHEN NOT isfinite(${col}) THEN '${name}|is NaN or infinite, which JSON cannot carry'`);
-    if (f.type === 'integer') when.push(`WHEN abs(${col}) > ${MAX_SAFE_INTEGER} THEN '${name}|is beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly (got ' || ${shown(col)} || ')'`);
-    if (f.type === 'string') when.push(`WHEN contains(${col}, chr(0)) THEN '${name}|contains a NUL character, which Postgres text cannot store'`);
-    if (f.unit) when.push(`WHEN epoch(${col}) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS} THEN '${name}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown(col)} || ')'`);
-    if (f.min !== undefined) when.push(`WHEN ${col} < ${f.min} THEN '${name}|is below the minimum ${f.min} (got ' || ${shown(col)} || ')'`);
-    if (f.max !== undefined) when.push(`WHEN ${col} > ${f.max} THEN '${name}|is above the maximum ${f.max} (got ' || ${shown(col)} || ')'`);
-    if (f.allowed) when.push(`WHEN ${col} NOT IN (${f.allowed.map(literal).join(', ')}) THEN '${name}|is not an allowed value (got ' || ${shown(col)} || ')'`);
+    if (!f.nullable) when.push(`WHEN ${live}${col} IS NULL THEN '${name}|is null, and the contract says nullable: false'`);
+    if (f.type === 'double') when.push(`WHEN ${live}NOT isfinite(${col}) THEN '${name}|is NaN or infinite, which JSON cannot carry'`);
+    if (f.type === 'integer') when.push(`WHEN ${live}abs(${col}) > ${MAX_SAFE_INTEGER} THEN '${name}|is beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly (got ' || ${shown(col)} || ')'`);
+    if (f.type === 'string') when.push(`WHEN ${live}contains(${col}, chr(0)) THEN '${name}|contains a NUL character, which Postgres text cannot store'`);
+    if (f.unit) when.push(`WHEN ${live}epoch(${col}) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS} THEN '${name}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown(col)} || ')'`);
+    if (f.min !== undefined) when.push(`WHEN ${live}${col} < ${f.min} THEN '${name}|is below the minimum ${f.min} (got ' || ${shown(col)} || ')'`);
+    if (f.max !== undefined) when.push(`WHEN ${live}${col} > ${f.max} THEN '${name}|is above the maximum ${f.max} (got ' || ${shown(col)} || ')'`);
+    if (f.allowed) when.push(`WHEN ${live}${col} NOT IN (${f.allowed.map(literal).join(', ')}) THEN '${name}|is not an allowed value (got ' || ${shown(col)} || ')'`);
   }
   return `CASE ${when.join(' ')} END`;
 }
 
-/** `checked`: the projected rows with the reason each broken row is rejected for. */
-export function checkedSql(job: JobDefinition): string {
-  return `SELECT *, ${rejectCase(job)} AS reject FROM projected`;
+/**
+ * `checked`: the projected rows with the reason each broken row is rejected
+ * for. `since` (incremental runs) keeps only rows after that instant, and rows
+ * without an event time, so that those are rejected rather than skipped.
+ */
+export function checkedSql(job: JobDefinition, since: string | null): string {
+  const window = since ? ` WHERE event_time IS NULL OR event_time > ${sqlString(since)}::TIMESTAMPTZ` : '';
+  return `SELECT *, ${rejectCase(job)} AS reject FROM projected${window}`;
 }
 
 /** One aggregate pass over `checked`: counts, duplicates and the watermark of the rows that will load. */
@@ -315,19 +325,52 @@ function jsonField(feature: FeatureDefinition): string {
 /**
  * The accepted rows as (entity id, CSV record for COPY, compact JSON array for
  * the hot tier). With duplicates, one row per entity wins: the latest event
- * time, and on a tie the row whose served JSON value sorts last, so the winner
- * never depends on file order.
+ * time, and on a tie a deletion, then the row whose served JSON value sorts
+ * last, so the winner never depends on file order.
  */
 export function loadSql(job: JobDefinition, hasDuplicates: boolean): string {
   const csv = [csvField('entity_id', 'key'), csvField('event_time', 'timestamp'), ...job.features.map((f) => csvField(f.name, f.type))].join(` || ',' || `);
   const json = `CAST(json_array(strftime(event_time, ${ISO_UTC_DUCK}), ${job.features.map(jsonField).join(', ')}) AS VARCHAR)`;
-  const rows = `SELECT entity_id, ${csv} AS csv, ${json} AS hot, event_time FROM checked WHERE reject IS NULL`;
-  if (!hasDuplicates) return `SELECT entity_id, csv, hot FROM (${rows})`;
-  return `SELECT entity_id, csv, hot FROM (${rows}) QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY event_time DESC, hot DESC) = 1`;
+  const rows = `SELECT entity_id, ${csv} AS csv, ${json} AS hot, __deleted, event_time FROM checked WHERE reject IS NULL`;
+  if (!hasDuplicates) return `SELECT entity_id, csv, hot, __deleted FROM (${rows})`;
+  // A deletion wins a tie with an update of the same instant.
+  return `SELECT entity_id, csv, hot, __deleted FROM (${rows}) QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY event_time DESC, __deleted DESC, hot DESC) = 1`;
 }
 
 /** Postgres DDL for one version's table; the primary key is added after the load. */
 export function createTableSql(table: string, features: readonly FeatureDefinition[]): string {
   const columns = ['entity_id text NOT NULL', 'event_time timestamptz NOT NULL', ...features.map((f) => `${quoteIdent(f.name)} ${PG_TYPE[f.type]}`)];
   return `CREATE TABLE ${table} (${columns.join(', ')})`;
+}
+
+/** Postgres DDL for an incremental run's delta: the version's columns plus the delete flag. */
+export function createDeltaTableSql(table: string, features: readonly FeatureDefinition[]): string {
+  const columns = ['entity_id text NOT NULL', 'event_time timestamptz NOT NULL', ...features.map((f) => `${quoteIdent(f.name)} ${PG_TYPE[f.type]}`), 'deleted boolean NOT NULL'];
+  return `CREATE UNLOGGED TABLE ${table} (${columns.join(', ')})`;
+}
+
+/**
+ * Applies a delta to a version table: newer event times win, an equal or older
+ * one changes nothing (so a replay is a no-op), and a deletion removes the
+ * entity only if it is at least as new as the stored row.
+ */
+export function mergeSql(table: string, delta: string, features: readonly FeatureDefinition[]): { upsert: string; remove: string } {
+  const columns = ['entity_id', 'event_time', ...features.map((f) => f.name)].map(quoteIdent);
+  const updates = columns.slice(1).map((c) => `${c} = EXCLUDED.${c}`);
+  return {
+    upsert: `WITH up AS (
+        INSERT INTO ${table} AS cur (${columns.join(', ')}) SELECT ${columns.join(', ')} FROM ${delta} WHERE NOT deleted
+        ON CONFLICT (entity_id) DO UPDATE SET ${updates.join(', ')} WHERE cur.event_time < EXCLUDED.event_time
+        RETURNING (xmax = 0) AS inserted)
+      SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated FROM up`,
+    remove: `WITH gone AS (
+        DELETE FROM ${table} cur USING ${delta} d WHERE d.deleted AND cur.entity_id = d.entity_id AND cur.event_time <= d.event_time RETURNING 1)
+      SELECT count(*) AS deleted FROM gone`,
+  };
+}
+
+/** Rows of a version table as (entity id, hot-tier JSON), formatted by Postgres exactly as the sync formats them. */
+export function hotValuesFromPostgresSql(table: string, features: readonly FeatureDefinition[]): string {
+  const values = features.map((f) => (f.type === 'timestamp' ? isoTimeSql(quoteIdent(f.name)) : quoteIdent(f.name)));
+  return `SELECT entity_id, json_build_array(${[isoTimeSql('event_time'), ...values].join(', ')})::text FROM ${table}`;
 }

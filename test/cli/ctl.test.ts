@@ -75,6 +75,11 @@ describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', ()
     expect(ctl(['runs', 'good', '--limit', 'many']).stderr).toMatch(/--limit must be a whole number/);
     expect(ctl(['rollback', 'good', '--force']).status).toBe(2);
     expect(ctl(['explode', 'good']).stderr).toMatch(/unknown command "explode"/);
+    expect(ctl(['backfill', 'good']).stderr).toMatch(/backfill needs --from/);
+    expect(ctl(['backfill', 'good', '--from', 'yesterday']).stderr).toMatch(/--from must be an ISO 8601 instant/);
+    const snapshot = ctl(['backfill', 'good', '--from', '2026-01-01T00:00:00Z']);
+    expect(snapshot.status).toBe(2);
+    expect(snapshot.stderr).toMatch(/good is a snapshot job; backfill applies to incremental jobs/);
   });
 
   it('exits 1 naming the store when Postgres is unreachable', () => {
