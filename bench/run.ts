@@ -1,0 +1,349 @@
+// `npm run bench`: measures serving and sync against baselines measured in the
+// same run, on the same machine, and writes BENCHMARKS.md. A benchmark, not a
+// test: it asserts nothing, it reports medians, ratios and targets.
+//
+// Starts its own throwaway Postgres and Redis (as the tests do), builds a
+// 1,000,000-entity × 20-feature Parquet file with DuckDB, syncs it through the
+// real sync path, and drives HTTP load from a separate process (autocannon).
+import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { once } from 'node:events';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { freePort, startPostgres, startRedis } from '../test/support/servers.js';
+import { tempDir } from '../test/support/fixtures.js';
+
+const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
+const BIG_ROWS = Number(process.env.BENCH_BIG_ROWS ?? 5_000_000);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const CONNECTIONS = 32;
+const root = path.resolve(import.meta.dirname, '..');
+const tsx = ['--import', 'tsx'];
+
+const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+const log = (message: string) => process.stderr.write(`[bench] ${message}\n`);
+const seconds = async (fn: () => Promise<unknown> | unknown) => {
+  const start = performance.now();
+  await fn();
+  return (performance.now() - start) / 1000;
+};
+
+// 20 features of mixed types: 5 integers, 8 doubles, 4 strings, 2 booleans, 1 timestamp.
+const dataSql = (rows: number) => `
+  SELECT 'e' || lpad(i::VARCHAR, 7, '0') AS id,
+    TIMESTAMP '2026-01-01' + INTERVAL (i % 86400) SECOND AS updated_at,
+    i % 1000 AS i1, (i * 7) % 100000 AS i2, i % 7 AS i3, (i * 13) % 5000 AS i4, i AS i5,
+    (hash(i) % 1000000) / 1000.0 AS d1, (hash(i + 1) % 1000000) / 997.0 AS d2, (i % 1000) / 7.0 AS d3, sqrt(i) AS d4,
+    ln(i + 1) AS d5, (hash(i * 3) % 100000) / 100000.0 AS d6, i * 0.25 AS d7, -(i % 500) / 3.0 AS d8,
+    'cat_' || (i % 50) AS s1, substr(md5(i::VARCHAR), 1, 12) AS s2, 'region-' || (i % 12) AS s3, CASE i % 3 WHEN 0 THEN 'web' WHEN 1 THEN 'ios' ELSE 'android' END AS s4,
+    i % 2 = 0 AS b1, i % 5 = 0 AS b2,
+    TIMESTAMP '2025-01-01' + INTERVAL (i % 100000) MINUTE AS t1
+  FROM range(1, ${rows + 1}) t(i)`;
+const FEATURES = {
+  ...Object.fromEntries([1, 2, 3, 4, 5].map((n) => [`i${n}`, { type: 'integer' }])),
+  ...Object.fromEntries([1, 2, 3, 4, 5, 6, 7, 8].map((n) => [`d${n}`, { type: 'double' }])),
+  ...Object.fromEntries([1, 2, 3, 4].map((n) => [`s${n}`, { type: 'string' }])),
+  b1: { type: 'boolean' },
+  b2: { type: 'boolean' },
+  t1: { type: 'timestamp' },
+};
+const COLUMNS = Object.keys(FEATURES);
+const PG_TYPES: Record<string, string> = { integer: 'bigint', double: 'double precision', string: 'text', boolean: 'boolean', timestamp: 'timestamptz' };
+const ISO = `'%Y-%m-%dT%H:%M:%S.%fZ'`;
+const compactValue = `json_array(strftime(updated_at::TIMESTAMPTZ, ${ISO}), ${COLUMNS.map((c) => (c === 't1' ? `strftime(t1::TIMESTAMPTZ, ${ISO})` : c)).join(', ')})`;
+const objectValue = `to_json(struct_pack(event_time := strftime(updated_at::TIMESTAMPTZ, ${ISO}), ${COLUMNS.map((c) => `${c} := ${c === 't1' ? `strftime(t1::TIMESTAMPTZ, ${ISO})` : c}`).join(', ')}))`;
+
+async function duck(sql: string[], onChunk?: (rows: string[][]) => void): Promise<void> {
+  const instance = await DuckDBInstance.create(':memory:', { threads: '2' });
+  const conn = await instance.connect();
+  await conn.run(`SET TimeZone = 'UTC'`);
+  for (const statement of sql.slice(0, -1)) await conn.run(statement);
+  const last = sql.at(-1)!;
+  if (onChunk) {
+    const result = await conn.stream(last);
+    for (;;) {
+      const chunk = await result.fetchChunk();
+      if (!chunk || chunk.rowCount === 0) break;
+      onChunk(chunk.getRows() as string[][]);
+    }
+  } else await conn.run(last);
+  conn.closeSync();
+  instance.closeSync();
+}
+
+/** Writes SET commands in the Redis protocol, for `redis-cli --pipe`. */
+async function writeRespFile(file: string, parquet: string, prefix: string, valueSql: string): Promise<void> {
+  const out = createWriteStream(file);
+  const cmd = (key: string, value: string) => `*3\r\n$3\r\nSET\r\n$${Buffer.byteLength(key)}\r\n${key}\r\n$${Buffer.byteLength(value)}\r\n${value}\r\n`;
+  let pending: string[] = [];
+  await duck([`SELECT '${prefix}' || id AS k, CAST(${valueSql} AS VARCHAR) AS v FROM read_parquet('${parquet}')`], (rows) => {
+    for (const [k, v] of rows) pending.push(cmd(k!, v!));
+    if (pending.length > 10_000) {
+      out.write(pending.join(''));
+      pending = [];
+    }
+  });
+  out.write(pending.join(''));
+  out.end();
+  await once(out, 'finish');
+}
+
+/** Runs a command to completion, returning its wall time and its peak resident memory (VmHWM). */
+async function measured(command: string, args: string[], env: NodeJS.ProcessEnv, input?: string): Promise<{ seconds: number; peakRssMb: number; stdout: string; code: number | null }> {
+  const start = performance.now();
+  const child = spawn(command, args, { env, stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+  if (input) {
+    const stream = (await import('node:fs')).createReadStream(input);
+    stream.pipe(child.stdin!);
+  }
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  let peak = 0;
+  const timer = setInterval(() => {
+    try {
+      const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+      const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0);
+      peak = Math.max(peak, hwm);
+    } catch {
+      // exited
+    }
+  }, 50);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearInterval(timer);
+  if (code !== 0) log(`${command} ${args.join(' ')} exited ${code}: ${stderr.slice(0, 500)}`);
+  return { seconds: (performance.now() - start) / 1000, peakRssMb: peak / 1024, stdout, code };
+}
+
+async function startProcess(args: string[], env: NodeJS.ProcessEnv, readyUrl: string): Promise<ChildProcess> {
+  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  for (let i = 0; i < 600; i++) {
+    try {
+      const response = await fetch(readyUrl);
+      if (response.status < 500) return child;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`server ${args.join(' ')} did not answer ${readyUrl}`);
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  child.kill('SIGTERM');
+  await once(child, 'exit');
+}
+
+interface LoadResult {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+}
+
+async function load(template: string, options: { rate?: number; method?: string; batch?: number; seconds?: number } = {}): Promise<LoadResult> {
+  const args = [...tsx, path.join(root, 'bench/load.ts'), template, String(ROWS), String(options.seconds ?? SECONDS), String(CONNECTIONS), options.method ?? 'GET', String(options.batch ?? 0)];
+  const output = execFileSync(process.execPath, args, { env: { ...process.env, ...(options.rate ? { RATE: String(Math.round(options.rate)) } : {}) }, encoding: 'utf8' });
+  const result = JSON.parse(output.trim().split('\n').at(-1)!) as LoadResult;
+  if (result.errors || result.non2xx) log(`load on ${template}: ${result.errors} errors, ${result.non2xx} non-2xx`);
+  return result;
+}
+
+async function rounds(template: string, options: Parameters<typeof load>[1] = {}): Promise<LoadResult> {
+  const results: LoadResult[] = [];
+  for (let i = 0; i < ROUNDS; i++) results.push(await load(template, options));
+  return { rps: median(results.map((r) => r.rps)), p50: median(results.map((r) => r.p50)), p99: median(results.map((r) => r.p99)), errors: results.reduce((a, r) => a + r.errors, 0), non2xx: results.reduce((a, r) => a + r.non2xx, 0) };
+}
+
+type Row = { metric: string; value: string; baseline: string; ratio: number | null; target: string; met: boolean | null };
+const rowsOut: Row[] = [];
+const report = (metric: string, value: string, baseline: string, ratio: number | null, target: string, met: boolean | null) => {
+  rowsOut.push({ metric, value, baseline, ratio, target, met });
+  log(`${metric}: ${value} vs ${baseline} → ${ratio?.toFixed(2) ?? '-'} (${target}) ${met === null ? '' : met ? 'MET' : 'NOT MET'}`);
+};
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  log(`building (tsc) and starting Postgres and Redis; ${ROWS} rows, ${ROUNDS} rounds of ${SECONDS} s`);
+  execFileSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'inherit' });
+  const postgres = await startPostgres();
+  const redisServer = await startRedis();
+  const redis = new Redis(redisServer.url);
+  const admin = new pg.Client({ connectionString: postgres.url });
+  await admin.connect();
+  const dir = await tempDir('bench');
+  try {
+    const parquet = path.join(dir, 'bench.parquet');
+    log('writing the Parquet source with DuckDB');
+    await duck([`COPY (${dataSql(ROWS)}) TO '${parquet}' (FORMAT parquet)`]);
+    const csv = path.join(dir, 'bench.csv');
+    await duck([
+      `COPY (SELECT id, updated_at::TIMESTAMPTZ, ${COLUMNS.map((c) => (c === 't1' ? 't1::TIMESTAMPTZ' : c)).join(', ')} FROM read_parquet('${parquet}')) TO '${csv}' (FORMAT csv, HEADER false)`,
+    ]);
+    const compactResp = path.join(dir, 'compact.resp');
+    const objectResp = path.join(dir, 'object.resp');
+    await writeRespFile(compactResp, parquet, 'base:', compactValue);
+    await writeRespFile(objectResp, parquet, 'json:', objectValue);
+    execFileSync('chmod', ['-R', 'a+rX', dir]);
+
+    // ---- Sync baselines: psql \copy + primary key; redis-cli --pipe.
+    const psql = ['-X', '-q', '-v', 'ON_ERROR_STOP=1', postgres.url];
+    const tableDdl = `CREATE TABLE base (entity_id text NOT NULL, event_time timestamptz NOT NULL, ${COLUMNS.map((c) => `${c} ${PG_TYPES[(FEATURES as Record<string, { type: string }>)[c]!.type]}`).join(', ')})`;
+    const copyTimes: number[] = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      await admin.query('DROP TABLE IF EXISTS base');
+      await admin.query(tableDdl);
+      copyTimes.push(
+        await seconds(() => {
+          execFileSync('psql', [...psql, '-c', `\\copy base FROM '${csv}' WITH (FORMAT csv)`]);
+          execFileSync('psql', [...psql, '-c', 'ALTER TABLE base ADD PRIMARY KEY (entity_id)']);
+        }),
+      );
+    }
+    await admin.query('DROP TABLE IF EXISTS base');
+    const pipeTimes: number[] = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      await redis.flushall();
+      pipeTimes.push((await measured('redis-cli', ['-p', String(redisServer.port), '--pipe'], process.env, compactResp)).seconds);
+    }
+    await redis.flushall();
+    const emptyMemory = Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]);
+    await measured('redis-cli', ['-p', String(redisServer.port), '--pipe'], process.env, objectResp);
+    const objectBytes = (Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]) - emptyMemory) / ROWS;
+    await redis.flushall();
+
+    // ---- Our sync: the real path, from Parquet to Postgres and Redis, in its own process.
+    const jobs = path.join(dir, 'jobs');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(jobs);
+    const job = (view: string, source: string) => ({ view, source, entity_key: 'id', event_time: 'updated_at', features: FEATURES, schedule: '0 0 1 1 *', freshness: '3650d', max_row_drop: 1 });
+    for (const [view, source] of [
+      ['bench', parquet],
+      ['bench_other', parquet],
+    ] as const) {
+      await writeFile(path.join(jobs, `${view}.yaml`), JSON.stringify(job(view, source)));
+    }
+    const env = { ...process.env, DATABASE_URL: postgres.url, REDIS_URL: redisServer.url, SYNC_JOBS_DIR: jobs, LOG_LEVEL: 'warn' };
+    const syncRuns: { seconds: number; peakRssMb: number }[] = [];
+    let oursBytes = 0;
+    for (let i = 0; i < ROUNDS; i++) {
+      const result = await measured(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], env);
+      if (result.code !== 0) throw new Error('the benchmark sync failed');
+      syncRuns.push(result);
+      if (i === 0) oursBytes = (Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]) - emptyMemory) / ROWS;
+    }
+    const copyBaseline = median(copyTimes);
+    const syncTime = median(syncRuns.map((r) => r.seconds));
+    report('Sync 1M × 20, Parquet → Postgres + Redis (s)', syncTime.toFixed(2), `${copyBaseline.toFixed(2)} (psql \\copy + primary key)`, syncTime / copyBaseline, '≤ 1.5×', syncTime / copyBaseline <= 1.5);
+    report('  for reference: redis-cli --pipe of the same values (s)', median(pipeTimes).toFixed(2), '-', null, 'info', null);
+    const rss1m = median(syncRuns.map((r) => r.peakRssMb));
+    report('Sync peak RSS at 1M rows (MB)', rss1m.toFixed(0), '300 MB', rss1m / 300, '≤ 300 MB', rss1m <= 300);
+    report('Redis memory per entity (bytes)', oursBytes.toFixed(0), `${objectBytes.toFixed(0)} (features as a JSON object string)`, oursBytes / objectBytes, '≤ 0.6×', oursBytes / objectBytes <= 0.6);
+
+    // ---- Serving.
+    const body = await (async () => {
+      const server = await startProcess([path.join(root, 'dist/server.js')], { ...env, PORT: '18080', HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false' }, 'http://127.0.0.1:18080/healthz');
+      const text = await (await fetch('http://127.0.0.1:18080/features/v1/e0000042?view=bench')).text();
+      await stop(server);
+      return text;
+    })();
+    const bodyFile = path.join(dir, 'body.json');
+    await writeFile(bodyFile, body);
+    const ports = { bare: await freePort(), bareRedis: await freePort(), barePg: await freePort(), ours: await freePort(), oursPg: await freePort() };
+    const baseline = async (mode: string, port: number, target: string, extra = '') => {
+      const child = fork(path.join(root, 'bench/bare.ts'), [mode, String(port), target, extra], { execArgv: tsx, stdio: 'inherit' });
+      await once(child, 'message');
+      return child;
+    };
+    const url = (port: number, query = '') => `http://127.0.0.1:${port}/features/v1/{id}${query}`;
+
+    const bare = await baseline('const', ports.bare, bodyFile);
+    const bareSaturation = await rounds(url(ports.bare));
+    const fixedRate = bareSaturation.rps / 2;
+    const bareFixed = await rounds(url(ports.bare), { rate: fixedRate });
+    await stop(bare);
+
+    const currentVersion = (await admin.query(`SELECT current_version FROM featurestore.views WHERE view = 'bench'`)).rows[0].current_version;
+    const bareRedis = await baseline('redis', ports.bareRedis, redisServer.url, `fs:bench:${currentVersion}:`);
+    const bareRedisResult = await rounds(url(ports.bareRedis));
+    await stop(bareRedis);
+    const barePg = await baseline('pg', ports.barePg, postgres.url, `featurestore_data."bench__v${currentVersion}"`);
+    const barePgResult = await rounds(url(ports.barePg));
+    await stop(barePg);
+
+    const ours = await startProcess([path.join(root, 'dist/server.js')], { ...env, PORT: String(ports.ours), HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false' }, `http://127.0.0.1:${ports.ours}/healthz`);
+    const oursSaturation = await rounds(url(ports.ours, '?view=bench'));
+    const oursFixed = await rounds(url(ports.ours, '?view=bench'), { rate: fixedRate });
+    report('Lookup, Redis tier: requests/s', oursSaturation.rps.toFixed(0), `${bareSaturation.rps.toFixed(0)} (bare Hono, constant JSON)`, oursSaturation.rps / bareSaturation.rps, '≥ 0.9×', oursSaturation.rps / bareSaturation.rps >= 0.9);
+    report('  for reference: bare Hono + one ioredis GET (req/s)', bareRedisResult.rps.toFixed(0), `${bareSaturation.rps.toFixed(0)}`, bareRedisResult.rps / bareSaturation.rps, 'info', null);
+    report(`Lookup, Redis tier: p99 at ${fixedRate.toFixed(0)} req/s (ms)`, String(oursFixed.p99), `${bareFixed.p99} (bare Hono, constant JSON)`, oursFixed.p99 / Math.max(bareFixed.p99, 1), '≤ 1.3×', oursFixed.p99 / Math.max(bareFixed.p99, 1) <= 1.3);
+    const batch = await rounds(`http://127.0.0.1:${ports.ours}/features/v1/batch`, { method: 'POST', batch: 100 });
+    report('Batch of 100: entities/s', (batch.rps * 100).toFixed(0), `${oursSaturation.rps.toFixed(0)} (single lookups)`, (batch.rps * 100) / oursSaturation.rps, '≥ 20×', (batch.rps * 100) / oursSaturation.rps >= 20);
+
+    // Lookups while a 1M-row sync of another view runs, at the same fixed rate.
+    const quiet = await load(url(ports.ours, '?view=bench'), { rate: fixedRate });
+    const syncing = measured(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_other'], env);
+    await new Promise((r) => setTimeout(r, 1500));
+    const busy = await load(url(ports.ours, '?view=bench'), { rate: fixedRate, seconds: Math.min(SECONDS, 6) });
+    await syncing;
+    report('Lookup p99 while a 1M sync runs (ms)', String(busy.p99), `${quiet.p99} (no sync, same rate)`, busy.p99 / Math.max(quiet.p99, 1), '≤ 1.5×', busy.p99 / Math.max(quiet.p99, 1) <= 1.5);
+    await stop(ours);
+
+    // Postgres only: Redis pointed at a port where nothing listens.
+    const deadRedis = `redis://127.0.0.1:${await freePort()}`;
+    const oursPg = await startProcess([path.join(root, 'dist/server.js')], { ...env, REDIS_URL: deadRedis, PORT: String(ports.oursPg), HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false' }, `http://127.0.0.1:${ports.oursPg}/healthz`);
+    const oursPgResult = await rounds(url(ports.oursPg, '?view=bench'));
+    await stop(oursPg);
+    report('Lookup, Postgres only: requests/s', oursPgResult.rps.toFixed(0), `${barePgResult.rps.toFixed(0)} (bare Hono + one prepared pg select)`, oursPgResult.rps / barePgResult.rps, '≥ 0.9×', oursPgResult.rps / barePgResult.rps >= 0.9);
+
+    // Memory at 5M rows.
+    log(`writing ${BIG_ROWS} rows for the memory check`);
+    const big = path.join(dir, 'big.parquet');
+    await duck([`COPY (${dataSql(BIG_ROWS)}) TO '${big}' (FORMAT parquet)`]);
+    await writeFile(path.join(jobs, 'bench_big.yaml'), JSON.stringify(job('bench_big', big)));
+    await redis.flushall();
+    const bigRun = await measured(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_big'], env);
+    report(`Sync peak RSS at ${BIG_ROWS / 1e6}M rows (MB)`, bigRun.peakRssMb.toFixed(0), `${rss1m.toFixed(0)} (at 1M)`, bigRun.peakRssMb / rss1m, '≤ 300 MB and within 10% of 1M', bigRun.peakRssMb <= 300 && Math.abs(bigRun.peakRssMb / rss1m - 1) <= 0.1);
+    report(`  for reference: sync ${BIG_ROWS / 1e6}M × 20 (s)`, bigRun.seconds.toFixed(1), '-', null, 'info', null);
+
+    const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+    const table = [
+      '| measure | value | baseline (same run) | ratio | target | met |',
+      '|---|---|---|---|---|---|',
+      ...rowsOut.map((r) => `| ${r.metric} | ${r.value} | ${r.baseline} | ${r.ratio === null ? '' : `${r.ratio.toFixed(2)}×`} | ${r.target} | ${r.met === null ? '' : r.met ? 'met' : '**not met**'} |`),
+    ].join('\n');
+    const markdown = `# Benchmarks
+
+Produced by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}; every figure is the median of ${ROUNDS} rounds
+(load: ${SECONDS} s each, ${CONNECTIONS} connections, autocannon in its own process on loopback), and every ratio is
+against a baseline measured in the same run on the same machine.
+
+Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${os.type()} ${os.release()}.
+Data: ${ROWS.toLocaleString('en')} entities × 20 features (5 integer, 8 double, 4 string, 2 boolean, 1 timestamp), Parquet made by DuckDB.
+Command: \`npm run bench\` (BENCH_ROWS=${ROWS}, BENCH_BIG_ROWS=${BIG_ROWS}, BENCH_SECONDS=${SECONDS}, BENCH_ROUNDS=${ROUNDS}); total ${((Date.now() - started) / 60000).toFixed(1)} min.
+
+${table}
+`;
+    await writeFile(path.join(root, 'BENCHMARKS.md'), markdown);
+    process.stdout.write(`\n${table}\n\nwritten to BENCHMARKS.md\n`);
+  } finally {
+    redis.disconnect();
+    await admin.end();
+    await redisServer.destroy();
+    await postgres.destroy();
+  }
+}
+
+await main();
