@@ -239,7 +239,7 @@ async function main(): Promise<void> {
     const syncRuns: { seconds: number; peakRssMb: number }[] = [];
     let oursBytes = 0;
     for (let i = 0; i < ROUNDS; i++) {
-      const result = await measured(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], env);
+      const result = await measured(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], env);
       if (result.code !== 0) throw new Error('the benchmark sync failed');
       syncRuns.push(result);
       if (i === 0) oursBytes = (Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]) - emptyMemory) / ROWS;
@@ -294,7 +294,7 @@ async function main(): Promise<void> {
 
     // Lookups while a 1M-row sync of another view runs, at the same fixed rate.
     const quiet = await load(url(ports.ours, '?view=bench'), { rate: fixedRate });
-    const syncing = measured(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_other'], env);
+    const syncing = measured(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_other'], env);
     await new Promise((r) => setTimeout(r, 1500));
     const busy = await load(url(ports.ours, '?view=bench'), { rate: fixedRate, seconds: Math.min(SECONDS, 6) });
     await syncing;
@@ -314,7 +314,7 @@ async function main(): Promise<void> {
     await duck([`COPY (${dataSql(BIG_ROWS)}) TO '${big}' (FORMAT parquet)`]);
     await writeFile(path.join(jobs, 'bench_big.yaml'), JSON.stringify(job('bench_big', big)));
     await redis.flushall();
-    const bigRun = await measured(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_big'], env);
+    const bigRun = await measured(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_big'], env);
     report(`Sync peak RSS at ${BIG_ROWS / 1e6}M rows (MB)`, bigRun.peakRssMb.toFixed(0), `${rss1m.toFixed(0)} (at 1M)`, bigRun.peakRssMb / rss1m, '≤ 300 MB and within 10% of 1M', bigRun.peakRssMb <= 300 && Math.abs(bigRun.peakRssMb / rss1m - 1) <= 0.1);
     report(`  for reference: sync ${BIG_ROWS / 1e6}M × 20 (s)`, bigRun.seconds.toFixed(1), '-', null, 'info', null);
 

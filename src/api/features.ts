@@ -145,7 +145,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
 
     const now = Date.now();
     const meta = freshnessOf(view, version, now);
-    const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now), ...deprecationHeaders(view.job.deprecated, entityId) };
+    const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view, now), now), ...deprecationHeaders(view.job.deprecated, entityId) };
     const etag = entityTag(version, entityId, selection?.names ?? null);
     for (const [name, value] of Object.entries(headers)) c.header(name, value);
     c.header('ETag', etag);
@@ -205,7 +205,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       const byId = new Map(unique.map((id, i) => [id, result.rows[i] ?? null]));
       const now = Date.now();
       const meta = freshnessOf(view, version, now);
-      const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view), now), ...deprecationHeaders(view.job.deprecated) };
+      const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view, now), now), ...deprecationHeaders(view.job.deprecated) };
       for (const [name, value] of Object.entries(headers)) c.header(name, value);
       // A POST answer is not reusable: the freshness headers inform, they do not license caching.
       c.header('Cache-Control', 'no-store');

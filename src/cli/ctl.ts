@@ -13,6 +13,7 @@ import { ensureSchema, listRuns, rollbackView } from '../stores/metadata.js';
 import { PostgresDatabase } from '../stores/postgres.js';
 import { RedisHotTier } from '../stores/redis.js';
 import { jobLockKey, runSync } from '../sync/engine.js';
+import { lowerPriority } from '../sync/runner.js';
 
 const USAGE = `usage:
   npm run sync -- <job> [--force]          run one sync job once (--force publishes an empty or shrunken snapshot)
@@ -99,6 +100,7 @@ async function main(argv: string[]): Promise<void> {
         throw new ExitError(`${command} of ${job.view} could not run: Redis: ${error.message}`, 1);
       });
       const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, { component: 'sync-cli' });
+      lowerPriority(process.pid, config.syncNice, log);
       const summary = await runSync(job, { db, hot, log, batchRows: config.syncBatchRows, retry: config.syncRetry }, 'manual', {
         force: values.force === true,
         ...(values.from ? { backfillFrom: new Date(values.from).toISOString() } : {}),

@@ -21,6 +21,8 @@ const envSchema = z.object({
   SCHEDULER_ENABLED: bool.default(true),
   SYNC_TIMEOUT_SECONDS: positiveInt.default(3600),
   SYNC_BATCH_ROWS: positiveInt.max(1_000_000).default(8192),
+  SYNC_NICE: z.coerce.number().int().min(0).max(19).default(10),
+  SYNC_HEAP_MB: z.coerce.number().int().min(64).max(65536).default(192),
   SYNC_RETRY_ATTEMPTS: positiveInt.max(20).default(3),
   SYNC_RETRY_BASE_MS: positiveInt.default(1000),
   CATALOG_REFRESH_MS: positiveInt.default(1000),
@@ -47,6 +49,10 @@ export interface Config {
   readonly schedulerEnabled: boolean;
   readonly syncTimeoutMs: number;
   readonly syncBatchRows: number;
+  /** Scheduling priority (nice) of sync processes, so lookups win the CPU. */
+  readonly syncNice: number;
+  /** V8 heap limit of a sync child process; its batches are bounded, so a small heap keeps RSS flat. */
+  readonly syncHeapMb: number;
   /** Attempts for a run that fails on a connection or timeout; the wait doubles each time, with jitter. */
   readonly syncRetry: { readonly attempts: number; readonly baseDelayMs: number };
   readonly catalogRefreshMs: number;
@@ -93,6 +99,8 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     schedulerEnabled: e.SCHEDULER_ENABLED,
     syncTimeoutMs: e.SYNC_TIMEOUT_SECONDS * 1000,
     syncBatchRows: e.SYNC_BATCH_ROWS,
+    syncNice: e.SYNC_NICE,
+    syncHeapMb: e.SYNC_HEAP_MB,
     syncRetry: Object.freeze({ attempts: e.SYNC_RETRY_ATTEMPTS, baseDelayMs: e.SYNC_RETRY_BASE_MS }),
     catalogRefreshMs: e.CATALOG_REFRESH_MS,
     batchMaxIds: e.BATCH_MAX_IDS,

@@ -12,6 +12,8 @@ export interface Logger {
   warn(event: string, fields?: LogFields): void;
   error(event: string, fields?: LogFields): void;
   child(fields: LogFields): Logger;
+  /** Whether lines of this level are written, so callers can skip building them. */
+  enabled(level: Exclude<LogLevel, 'silent'>): boolean;
 }
 
 export function createLogger(level: LogLevel, base: LogFields = {}, write: (line: string) => void = (line) => process.stdout.write(line + '\n')): Logger {
@@ -26,6 +28,7 @@ export function createLogger(level: LogLevel, base: LogFields = {}, write: (line
     warn: (event, fields) => emit('warn', event, fields),
     error: (event, fields) => emit('error', event, fields),
     child: (fields) => createLogger(level, { ...base, ...fields }, write),
+    enabled: (lvl) => ORDER[lvl] >= threshold,
   };
 }
 

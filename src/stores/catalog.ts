@@ -41,6 +41,8 @@ export function toServedVersion(published: PublishedVersion): ServedVersion {
 export class Catalog {
   private readonly views = new Map<string, ServedView>();
   private readonly crons = new Map<string, Cron>();
+  /** Next scheduled run per view, recomputed only once it has passed (croner is costly per request). */
+  private readonly nextRuns = new Map<string, Date | null>();
   private timer: NodeJS.Timeout | undefined;
   private lastError: Error | undefined;
   private refreshing: Promise<void> | undefined;
@@ -64,8 +66,12 @@ export class Catalog {
   }
 
   /** When the view's next scheduled sync is due, or null if the schedule never fires again. */
-  nextRun(view: string, after = new Date()): Date | null {
-    return this.crons.get(view)?.nextRun(after) ?? null;
+  nextRun(view: string, now = Date.now()): Date | null {
+    const cached = this.nextRuns.get(view);
+    if (cached !== undefined && (cached === null || cached.getTime() > now)) return cached;
+    const next = this.crons.get(view)?.nextRun(new Date(now)) ?? null;
+    this.nextRuns.set(view, next);
+    return next;
   }
 
   /** The last refresh's error, if the last refresh failed (Postgres unreachable). */

@@ -25,6 +25,8 @@ export interface ReadResult {
 export interface ReaderOptions {
   /** TTL of entries written into the hot tier after a miss. */
   readonly fillTtlSeconds: number;
+  /** After a hot-tier failure, skip it for this long before trying again (a circuit breaker), so an absent Redis costs nothing per request. */
+  readonly hotRetryAfterMs?: number;
   readonly onHotError?: (error: Error) => void;
 }
 
@@ -38,6 +40,8 @@ export class VersionGoneError extends Error {
   override name = 'VersionGoneError';
 }
 
+const HOT_TIER_SKIPPED = new Error('the hot tier failed recently and is skipped until its retry time');
+
 function decodeHotValue(text: string): FeatureRow {
   const array = JSON.parse(text) as unknown[];
   return { eventTime: array[0] as string, values: array.slice(1) };
@@ -48,6 +52,9 @@ function encodeHotValue(row: FeatureRow): string {
 }
 
 export class FeatureReader {
+  /** Until when the hot tier is skipped after a failure. */
+  private hotOpenUntil = 0;
+
   constructor(
     private readonly db: Database,
     private readonly hot: HotTier | null,
@@ -60,7 +67,7 @@ export class FeatureReader {
     let hotError: Error | undefined;
     let tier: Tier = 'postgres';
 
-    if (this.hot) {
+    if (this.hot && (this.hotOpenUntil === 0 || Date.now() >= this.hotOpenUntil)) {
       try {
         const values = await this.hot.get(ids.map((id) => hotKey(version.view, version.version, id)));
         missing = [];
@@ -69,10 +76,14 @@ export class FeatureReader {
           else rows[i] = decodeHotValue(value);
         });
         tier = this.hot.kind;
+        this.hotOpenUntil = 0;
       } catch (error) {
         hotError = error as Error;
+        this.hotOpenUntil = Date.now() + (this.options.hotRetryAfterMs ?? 1000);
         this.options.onHotError?.(hotError);
       }
+    } else if (this.hot) {
+      hotError = HOT_TIER_SKIPPED;
     }
     if (missing.length === 0) return { rows, tier, hotError };
 

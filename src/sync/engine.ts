@@ -4,11 +4,13 @@
 // version in one Postgres transaction. Until that commit readers see the
 // previous version; after it, all of the new one. Any failure before it leaves
 // the previous version serving and removes what the run wrote.
+import os from 'node:os';
+import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { FeatureType, JobDefinition } from '../jobs/definition.js';
 import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
-import { hotKey } from '../stores/hot-tier.js';
+import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
 import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
 import type { Logger } from '../observability/log.js';
 import {
@@ -141,7 +143,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
   let rowsRead = 0;
   let rowsWritten = 0;
   let watermark: string | null = null;
-  const duck = await DuckDBInstance.create(':memory:', { memory_limit: ctx.duckdbMemoryLimit ?? '512MB', threads: '2' });
+  const duck = await DuckDBInstance.create(':memory:', { memory_limit: ctx.duckdbMemoryLimit ?? '128MB', threads: '2', temp_directory: path.join(os.tmpdir(), 'featurestore-duckdb') });
   const conn = await duck.connect();
   try {
     await conn.run(`SET TimeZone = 'UTC'; SET preserve_insertion_order = false`);
@@ -399,11 +401,11 @@ async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: n
     await copy.write(text);
   };
   try {
-    const result = await conn.stream(loadSql(job, hasDuplicates));
+    const result = await conn.stream(loadSql(job, hasDuplicates, hotKeyPrefix(job.view, version)));
     for (;;) {
       const chunk = await result.fetchChunk();
       if (!chunk || chunk.rowCount === 0) break;
-      const ids = chunk.getColumnVector(0);
+      const keys = chunk.getColumnVector(4);
       const lines = chunk.getColumnVector(1);
       const values = chunk.getColumnVector(2);
       const deletions = chunk.getColumnVector(3);
@@ -414,7 +416,7 @@ async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: n
           continue;
         }
         csv.push(lines.getItem(i) as string);
-        entries.push([hotKey(job.view, version, ids.getItem(i) as string), values.getItem(i) as string]);
+        entries.push([keys.getItem(i) as string, values.getItem(i) as string]);
       }
       if (csv.length >= ctx.batchRows) await flush();
     }

@@ -328,13 +328,15 @@ function jsonField(feature: FeatureDefinition): string {
  * time, and on a tie a deletion, then the row whose served JSON value sorts
  * last, so the winner never depends on file order.
  */
-export function loadSql(job: JobDefinition, hasDuplicates: boolean): string {
+export function loadSql(job: JobDefinition, hasDuplicates: boolean, hotKeyPrefix = ''): string {
   const csv = [csvField('entity_id', 'key'), csvField('event_time', 'timestamp'), ...job.features.map((f) => csvField(f.name, f.type))].join(` || ',' || `);
   const json = `CAST(json_array(strftime(event_time, ${ISO_UTC_DUCK}), ${job.features.map(jsonField).join(', ')}) AS VARCHAR)`;
   const rows = `SELECT entity_id, ${csv} AS csv, ${json} AS hot, __deleted, event_time FROM checked WHERE reject IS NULL`;
-  if (!hasDuplicates) return `SELECT entity_id, csv, hot, __deleted FROM (${rows})`;
+  // The hot-tier key is built here too, in bulk, rather than per row in JavaScript.
+  const key = `${sqlString(hotKeyPrefix)} || entity_id AS hot_key`;
+  if (!hasDuplicates) return `SELECT entity_id, csv, hot, __deleted, ${key} FROM (${rows})`;
   // A deletion wins a tie with an update of the same instant.
-  return `SELECT entity_id, csv, hot, __deleted FROM (${rows}) QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY event_time DESC, __deleted DESC, hot DESC) = 1`;
+  return `SELECT entity_id, csv, hot, __deleted, ${key} FROM (${rows}) QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY event_time DESC, __deleted DESC, hot DESC) = 1`;
 }
 
 /** Postgres DDL for one version's table; the primary key is added after the load. */

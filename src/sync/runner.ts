@@ -3,6 +3,7 @@
 // metrics and a catalog refresh. A child that dies or overruns is killed and
 // its run closed as failed; what it wrote is never published.
 import { fork } from 'node:child_process';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Config } from '../config/index.js';
 import type { JobDefinition } from '../jobs/definition.js';
@@ -25,6 +26,16 @@ export interface SyncRunnerDeps {
   readonly metrics: Metrics;
   /** Called after every run that published a version. */
   readonly onPublished: (summary: RunSummary) => Promise<void> | void;
+}
+
+/** Lets lookups win the CPU over a sync; failing to renice is logged, not fatal. */
+export function lowerPriority(pid: number | undefined, nice: number, log: Logger): void {
+  if (pid === undefined || nice === 0) return;
+  try {
+    os.setPriority(pid, nice);
+  } catch (error) {
+    log.warn('sync.renice_failed', { pid, nice, error });
+  }
 }
 
 export class UnknownJobError extends Error {
@@ -84,7 +95,12 @@ export class SyncRunner {
     const { config, db, hot, log } = this.deps;
     const started = Date.now();
     const entry = childEntry();
-    const child = fork(entry.path, [], { execArgv: entry.execArgv, serialization: 'advanced', stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(entry.path, [], {
+      execArgv: [...entry.execArgv, `--max-old-space-size=${config.syncHeapMb}`],
+      serialization: 'advanced',
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    lowerPriority(child.pid, config.syncNice, log);
     const host = config.embedded ? new StoreHost(db, hot) : undefined;
     let runId: number | undefined;
     let summary: RunSummary | undefined;
