@@ -9,6 +9,7 @@ import { ConfigError, loadConfig, type Config } from './config/index.js';
 import { JobDefinitionError, loadJobDefinitions } from './jobs/definition.js';
 import { createLogger, type Logger } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
+import { SloTracker } from './observability/slo.js';
 import { Catalog } from './stores/catalog.js';
 import type { Database } from './stores/database.js';
 import type { HotTier } from './stores/hot-tier.js';
@@ -51,6 +52,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const catalog = new Catalog(db, jobs);
   await catalog.refresh();
   catalog.start(config.catalogRefreshMs);
+  const slo = new SloTracker(config.slo);
   const metrics = new Metrics({
     views: () =>
       catalog.list().flatMap((v) =>
@@ -58,12 +60,12 @@ export async function startServer(config: Config, log: Logger = createLogger(con
           ? [{ view: v.job.view, version: v.current.version, rows: v.current.rowCount, ageSeconds: (Date.now() - (v.current.asOfMs ?? v.current.publishedAt.getTime())) / 1000, objectiveSeconds: v.job.freshnessSeconds }]
           : [],
       ),
-  });
-  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, onHotError: () => metrics.hotTierErrors.inc() });
+  }, config.slo.latencyThresholdMs / 1000);
+  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, onHotError: () => metrics.hotTierErrors.inc() });
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
-  const app = createApp({ catalog, reader, db, hot, metrics, log, batchMaxIds: config.batchMaxIds, openapiYaml });
+  const app = createApp({ catalog, reader, db, hot, metrics, slo, log, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));

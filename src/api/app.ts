@@ -11,8 +11,10 @@ import type { HotTier } from '../stores/hot-tier.js';
 import { StoreUnavailableError, type FeatureReader } from '../stores/reader.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { SloTracker } from '../observability/slo.js';
 import { featureRoutes } from './features.js';
 import { operationRoutes } from './operations.js';
+import { sloRoutes } from './slo.js';
 import { syncStatusRoutes } from './sync-status.js';
 import { ApiError, problemResponse } from './problem.js';
 
@@ -22,6 +24,7 @@ export interface AppDeps {
   readonly db: Database;
   readonly hot: HotTier | null;
   readonly metrics: Metrics;
+  readonly slo: SloTracker;
   readonly log: Logger;
   readonly batchMaxIds: number;
   readonly openapiYaml: string;
@@ -55,6 +58,7 @@ export function createApp(deps: AppDeps): Hono {
     // The last matched route is the handler's template; only middleware matched means no route did.
     const last = routePath(c, -1);
     const route = last === '/*' || last === '*' ? 'unmatched' : last;
+    if (route.startsWith('/features/v1/')) deps.slo.record(seconds * 1000, c.res.status >= 500);
     metrics.requestDuration.observe({ http_request_method: c.req.method, http_route: route, http_response_status_code: String(c.res.status) }, seconds);
     const level = c.res.status >= 500 ? 'warn' : 'debug';
     if (!log.enabled(level)) return;
@@ -64,6 +68,7 @@ export function createApp(deps: AppDeps): Hono {
 
   app.route('/features/v1', featureRoutes(deps));
   app.route('/sync/v1', syncStatusRoutes(deps));
+  app.route('/slo/v1', sloRoutes(deps));
   app.route('/', operationRoutes(deps));
 
   app.notFound((c) => problemResponse(c, new ApiError('not-found', `no route for ${c.req.method} ${c.req.path}; see /openapi.yaml`)));

@@ -3,6 +3,7 @@
 // process.env.
 import path from 'node:path';
 import { z } from 'zod';
+import type { SloConfig } from '../observability/slo.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -29,6 +30,11 @@ const envSchema = z.object({
   BATCH_MAX_IDS: positiveInt.max(10_000).default(1000),
   REDIS_TIMEOUT_MS: positiveInt.default(250),
   REDIS_FILL_TTL_SECONDS: positiveInt.default(86_400),
+  REDIS_RETRY_AFTER_MS: positiveInt.default(1000),
+  SLO_LATENCY_THRESHOLD_MS: z.coerce.number().positive().default(10),
+  SLO_LATENCY_TARGET: z.coerce.number().gt(0).lt(1).default(0.99),
+  SLO_AVAILABILITY_TARGET: z.coerce.number().gt(0).lt(1).default(0.999),
+  SLO_WINDOW_DAYS: z.coerce.number().positive().max(90).default(28),
   LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
 });
 
@@ -59,6 +65,9 @@ export interface Config {
   readonly batchMaxIds: number;
   readonly redisTimeoutMs: number;
   readonly redisFillTtlSeconds: number;
+  /** After a Redis failure, how long lookups skip it before trying again. */
+  readonly redisRetryAfterMs: number;
+  readonly slo: SloConfig;
   readonly logLevel: LogLevel;
 }
 
@@ -106,6 +115,13 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     batchMaxIds: e.BATCH_MAX_IDS,
     redisTimeoutMs: e.REDIS_TIMEOUT_MS,
     redisFillTtlSeconds: e.REDIS_FILL_TTL_SECONDS,
+    redisRetryAfterMs: e.REDIS_RETRY_AFTER_MS,
+    slo: Object.freeze({
+      latencyThresholdMs: e.SLO_LATENCY_THRESHOLD_MS,
+      latencyTarget: e.SLO_LATENCY_TARGET,
+      availabilityTarget: e.SLO_AVAILABILITY_TARGET,
+      windowDays: e.SLO_WINDOW_DAYS,
+    }),
     logLevel: e.LOG_LEVEL,
   });
 }

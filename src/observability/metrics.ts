@@ -3,8 +3,11 @@
 // never entity ids).
 import client from 'prom-client';
 
-/** Latency buckets, dense around the 10 ms lookup objective so compliance is read exactly. */
-export const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+/** Latency buckets, dense around the lookup objective, with one bucket boundary exactly at it so compliance is read exactly. */
+export function latencyBuckets(objectiveSeconds: number): number[] {
+  const base = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+  return [...new Set([...base, objectiveSeconds])].sort((a, b) => a - b);
+}
 
 export interface ViewGaugeSource {
   /** Per view: current version, rows, age of its data and its freshness objective, in seconds. */
@@ -14,13 +17,7 @@ export interface ViewGaugeSource {
 export class Metrics {
   readonly registry = new client.Registry();
 
-  readonly requestDuration = new client.Histogram({
-    name: 'http_server_request_duration_seconds',
-    help: 'Duration of HTTP server requests.',
-    labelNames: ['http_request_method', 'http_route', 'http_response_status_code'] as const,
-    buckets: LATENCY_BUCKETS,
-    registers: [this.registry],
-  });
+  readonly requestDuration: client.Histogram<'http_request_method' | 'http_route' | 'http_response_status_code'>;
 
   readonly lookupsByTier = new client.Counter({
     name: 'featurestore_lookups_total',
@@ -57,7 +54,14 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  constructor(source?: ViewGaugeSource) {
+  constructor(source?: ViewGaugeSource, latencyObjectiveSeconds = 0.01) {
+    this.requestDuration = new client.Histogram({
+      name: 'http_server_request_duration_seconds',
+      help: 'Duration of HTTP server requests.',
+      labelNames: ['http_request_method', 'http_route', 'http_response_status_code'] as const,
+      buckets: latencyBuckets(latencyObjectiveSeconds),
+      registers: [this.registry],
+    });
     client.collectDefaultMetrics({ register: this.registry });
     if (!source) return;
     const gauge = (name: string, help: string, pick: (v: ReturnType<ViewGaugeSource['views']>[number]) => number) =>
@@ -75,5 +79,6 @@ export class Metrics {
     gauge('featurestore_view_rows', 'Entities in the served version.', (v) => v.rows);
     gauge('featurestore_view_age_seconds', 'Age of the served data: now minus its as-of time.', (v) => v.ageSeconds);
     gauge('featurestore_view_freshness_objective_seconds', 'The view\'s freshness objective.', (v) => v.objectiveSeconds);
+    gauge('featurestore_view_freshness_margin_seconds', 'Seconds until the served data passes its freshness objective (negative: past it).', (v) => v.objectiveSeconds - v.ageSeconds);
   }
 }

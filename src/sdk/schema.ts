@@ -85,6 +85,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/slo/v1": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Service level objectives as this process has seen them
+         * @description For each objective (lookup latency, lookup availability) over its window
+         *     (SLO_WINDOW_DAYS): lookups seen, good ones, compliance, the share of the
+         *     error budget left, and burn rates over 5m, 1h, 6h and 3d (1 = spending the
+         *     budget exactly as fast as the window allows). And each view's freshness
+         *     against its objective. Counts are this process's own since it started;
+         *     Prometheus rules give the same over all processes.
+         */
+        get: operations["getSlo"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -286,6 +311,41 @@ export interface components {
         };
         SyncJobs: {
             jobs: components["schemas"]["SyncJob"][];
+        };
+        SloObjective: {
+            /** @enum {string} */
+            name: "latency" | "availability";
+            description: string;
+            target: number;
+            window_days: number;
+            total: number;
+            good: number;
+            /** @description Good share of lookups in the window; null before any. */
+            compliance: number | null;
+            /** @description Share of the budget unspent: 1 untouched, 0 spent, negative overspent. */
+            error_budget_remaining: number;
+            met: boolean;
+            burn_rates: {
+                "5m": number | null;
+                "1h": number | null;
+                "6h": number | null;
+                "3d": number | null;
+            };
+        };
+        SloReport: {
+            /** Format: date-time */
+            tracked_since: string;
+            objectives: components["schemas"]["SloObjective"][];
+            freshness: {
+                view: string;
+                version: number | null;
+                as_of: string | null;
+                age_seconds: number | null;
+                objective_seconds: number;
+                /** @description Negative once the view is past its objective. */
+                seconds_to_objective: number | null;
+                fresh: boolean;
+            }[];
         };
         /** @description RFC 9457 problem details. */
         Problem: {
@@ -582,6 +642,27 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
+        };
+    };
+    getSlo: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Objectives and freshness. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SloReport"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
         };
     };
     healthz: {

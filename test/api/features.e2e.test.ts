@@ -322,6 +322,39 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     expect(bad.response.status).toBe(400);
   });
 
+  it('reports SLO compliance from the lookups seen, and each view\'s freshness', async () => {
+    const { data, response } = await client.GET('/slo/v1');
+    expect(response.status).toBe(200);
+    const latency = data!.objectives.find((o) => o.name === 'latency')!;
+    expect(latency.total).toBeGreaterThan(10);
+    expect(latency.target).toBe(0.99);
+    expect(data!.freshness).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ view: 'items', version: 1, fresh: true }),
+        expect.objectContaining({ view: 'accounts', version: 1, fresh: false, objective_seconds: 3600 }),
+      ]),
+    );
+    expect(data!.freshness.find((f) => f.view === 'accounts')!.seconds_to_objective).toBeLessThan(0);
+  });
+
+  it('shows a burned latency budget once lookups break the objective', async () => {
+    // A second server on the same stores whose objective no lookup can meet.
+    const strict = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: server.catalog.list()[0]!.job.file.replace(/\/[^/]+$/, ''), SLO_LATENCY_THRESHOLD_MS: '0.001' }));
+    try {
+      const strictClient = createFeatureClient(`http://127.0.0.1:${strict.port}`, { fetch: validatingFetch as typeof fetch });
+      for (let i = 0; i < 20; i++) await strictClient.GET('/features/v1/{entity_id}', { params: { path: { entity_id: 'e000001' }, query: { view: 'items' } } });
+      const { data } = await strictClient.GET('/slo/v1');
+      const latency = data!.objectives.find((o) => o.name === 'latency')!;
+      expect(latency).toMatchObject({ total: 20, good: 0, compliance: 0, met: false });
+      expect(latency.error_budget_remaining).toBeLessThan(-90);
+      expect(latency.burn_rates['5m']).toBeCloseTo(100);
+      const metrics = await (await fetch(`http://127.0.0.1:${strict.port}/metrics`)).text();
+      expect(metrics).toMatch(/http_server_request_duration_seconds_bucket\{le="0.000001",/);
+    } finally {
+      await strict.close();
+    }
+  });
+
   it('checked every response above against openapi.yaml', () => {
     expect(checked).toBeGreaterThan(40);
   });

@@ -1,0 +1,126 @@
+// Owns SLO accounting for what this process has seen: lookups counted per
+// minute in a ring that spans the longest window, so compliance, error budget
+// and burn rates over any window are sums of a few buckets, not a scan of
+// requests. Prometheus (observability/prometheus/rules.yml) does the same over
+// all processes; this is the view from one.
+
+export interface SloConfig {
+  /** A lookup slower than this is a latency failure. */
+  readonly latencyThresholdMs: number;
+  /** Share of lookups that must be under the threshold, e.g. 0.99. */
+  readonly latencyTarget: number;
+  /** Share of lookups that must not fail with a 5xx, e.g. 0.999. */
+  readonly availabilityTarget: number;
+  /** The compliance period, e.g. 28 days. */
+  readonly windowDays: number;
+}
+
+const MINUTE_MS = 60_000;
+/** Burn-rate windows reported besides the compliance period (the SRE workbook's alerting windows). */
+export const BURN_WINDOWS = [
+  { name: '5m', minutes: 5 },
+  { name: '1h', minutes: 60 },
+  { name: '6h', minutes: 360 },
+  { name: '3d', minutes: 4320 },
+] as const;
+
+export interface ObjectiveReport {
+  readonly name: 'latency' | 'availability';
+  readonly description: string;
+  readonly target: number;
+  readonly window_days: number;
+  readonly total: number;
+  readonly good: number;
+  /** Good share over the window; null before any lookup. */
+  readonly compliance: number | null;
+  /** Share of the window's error budget still unspent (negative when overspent). */
+  readonly error_budget_remaining: number;
+  readonly met: boolean;
+  /** How fast the budget burns in each window (1 = exactly the sustainable rate). */
+  readonly burn_rates: Record<string, number | null>;
+}
+
+export class SloTracker {
+  private readonly minutes: number;
+  private readonly total: Float64Array;
+  private readonly slow: Float64Array;
+  private readonly failed: Float64Array;
+  private readonly stamp: Float64Array;
+  private readonly since: number;
+
+  constructor(
+    readonly config: SloConfig,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.minutes = Math.max(1, Math.round(config.windowDays * 1440));
+    this.total = new Float64Array(this.minutes);
+    this.slow = new Float64Array(this.minutes);
+    this.failed = new Float64Array(this.minutes);
+    this.stamp = new Float64Array(this.minutes).fill(-1);
+    this.since = now();
+  }
+
+  /** Records one lookup: its duration and whether it failed on our side (5xx). */
+  record(durationMs: number, serverError: boolean): void {
+    const minute = Math.floor(this.now() / MINUTE_MS);
+    const slot = minute % this.minutes;
+    if (this.stamp[slot] !== minute) {
+      this.stamp[slot] = minute;
+      this.total[slot] = 0;
+      this.slow[slot] = 0;
+      this.failed[slot] = 0;
+    }
+    this.total[slot]! += 1;
+    if (durationMs > this.config.latencyThresholdMs) this.slow[slot]! += 1;
+    if (serverError) this.failed[slot]! += 1;
+  }
+
+  private sum(minutes: number): { total: number; slow: number; failed: number } {
+    const current = Math.floor(this.now() / MINUTE_MS);
+    const span = Math.min(minutes, this.minutes);
+    let total = 0;
+    let slow = 0;
+    let failed = 0;
+    for (let m = current - span + 1; m <= current; m++) {
+      const slot = ((m % this.minutes) + this.minutes) % this.minutes;
+      if (this.stamp[slot] !== m) continue;
+      total += this.total[slot]!;
+      slow += this.slow[slot]!;
+      failed += this.failed[slot]!;
+    }
+    return { total, slow, failed };
+  }
+
+  report(): { tracked_since: string; objectives: ObjectiveReport[] } {
+    const window = this.sum(this.minutes);
+    const objective = (name: 'latency' | 'availability', target: number, bad: (s: ReturnType<SloTracker['sum']>) => number, description: string): ObjectiveReport => {
+      const budget = 1 - target;
+      const badCount = bad(window);
+      const burn = Object.fromEntries(
+        BURN_WINDOWS.map(({ name: w, minutes }) => {
+          const s = this.sum(minutes);
+          return [w, s.total === 0 ? null : bad(s) / s.total / budget];
+        }),
+      );
+      return {
+        name,
+        description,
+        target,
+        window_days: this.config.windowDays,
+        total: window.total,
+        good: window.total - badCount,
+        compliance: window.total === 0 ? null : (window.total - badCount) / window.total,
+        error_budget_remaining: window.total === 0 ? 1 : 1 - badCount / (budget * window.total),
+        met: window.total === 0 || (window.total - badCount) / window.total >= target,
+        burn_rates: burn,
+      };
+    };
+    return {
+      tracked_since: new Date(this.since).toISOString(),
+      objectives: [
+        objective('latency', this.config.latencyTarget, (s) => s.slow, `${this.config.latencyTarget * 100}% of lookups answered within ${this.config.latencyThresholdMs} ms`),
+        objective('availability', this.config.availabilityTarget, (s) => s.failed, `${this.config.availabilityTarget * 100}% of lookups answered without a server error (5xx)`),
+      ],
+    };
+  }
+}

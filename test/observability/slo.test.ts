@@ -1,0 +1,46 @@
+// SLO accounting: compliance, error budget and burn rates over windows, from
+// lookups recorded per minute.
+import { describe, expect, it } from 'vitest';
+import { SloTracker } from '../../src/observability/slo.js';
+
+const config = { latencyThresholdMs: 10, latencyTarget: 0.99, availabilityTarget: 0.999, windowDays: 28 };
+
+describe('SLO tracker', () => {
+  it('reports a full budget and no compliance figure before any lookup', () => {
+    const report = new SloTracker(config, () => 0).report();
+    expect(report.objectives.map((o) => [o.name, o.total, o.compliance, o.error_budget_remaining, o.met])).toEqual([
+      ['latency', 0, null, 1, true],
+      ['availability', 0, null, 1, true],
+    ]);
+  });
+
+  it('spends the latency budget on slow lookups and the availability budget on server errors', () => {
+    let now = Date.UTC(2026, 0, 1);
+    const slo = new SloTracker(config, () => now);
+    for (let i = 0; i < 1000; i++) slo.record(i < 5 ? 50 : 2, i < 2);
+    const [latency, availability] = slo.report().objectives;
+    expect(latency).toMatchObject({ total: 1000, good: 995, compliance: 0.995, met: true });
+    expect(latency!.error_budget_remaining).toBeCloseTo(0.5); // 5 of 10 allowed slow lookups spent
+    expect(latency!.burn_rates['5m']).toBeCloseTo(0.5);
+    expect(availability).toMatchObject({ total: 1000, good: 998, met: false });
+    expect(availability!.error_budget_remaining).toBeCloseTo(-1); // 2 errors against 1 allowed
+    expect(availability!.burn_rates['1h']).toBeCloseTo(2);
+
+    // An hour later the 5-minute window is clean, the longer ones still remember.
+    now += 61 * 60_000;
+    for (let i = 0; i < 100; i++) slo.record(1, false);
+    const later = slo.report().objectives[0]!;
+    expect(later.burn_rates['5m']).toBe(0);
+    expect(later.burn_rates['6h']).toBeCloseTo(5 / 1100 / 0.01);
+    expect(later.total).toBe(1100);
+  });
+
+  it('forgets lookups older than the compliance window', () => {
+    let now = Date.UTC(2026, 0, 1);
+    const slo = new SloTracker({ ...config, windowDays: 1 }, () => now);
+    slo.record(100, true);
+    now += 2 * 86_400_000;
+    slo.record(1, false);
+    expect(slo.report().objectives[0]).toMatchObject({ total: 1, good: 1, compliance: 1 });
+  });
+});
