@@ -10,6 +10,8 @@ import { JobDefinitionError, loadJobDefinitions } from './jobs/definition.js';
 import { createLogger, type Logger } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
 import { SloTracker } from './observability/slo.js';
+import { setupTracing } from './observability/tracing.js';
+import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { Catalog } from './stores/catalog.js';
 import type { Database } from './stores/database.js';
 import type { HotTier } from './stores/hot-tier.js';
@@ -36,7 +38,12 @@ export interface RunningServer {
 
 const SHUTDOWN_GRACE_MS = 25_000;
 
-export async function startServer(config: Config, log: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
+export interface ServerOverrides {
+  /** Export spans here (tests), whatever the configuration says. */
+  readonly spanExporter?: SpanExporter;
+}
+
+export async function startServer(config: Config, log: Logger = createLogger(config.logLevel), overrides: ServerOverrides = {}): Promise<RunningServer> {
   const jobs = await loadJobDefinitions(config.syncJobsDir);
   const db: Database = config.embedded
     ? await PgliteDatabase.open(config.pgliteDataDir)
@@ -53,6 +60,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   await catalog.refresh();
   catalog.start(config.catalogRefreshMs);
   const slo = new SloTracker(config.slo);
+  const tracing = setupTracing({ otlpEndpoint: config.otlpEndpoint, exporter: overrides.spanExporter, serviceName: config.serviceName });
   const metrics = new Metrics({
     views: () =>
       catalog.list().flatMap((v) =>
@@ -61,11 +69,11 @@ export async function startServer(config: Config, log: Logger = createLogger(con
           : [],
       ),
   }, config.slo.latencyThresholdMs / 1000);
-  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, onHotError: () => metrics.hotTierErrors.inc() });
+  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, tracer: tracing.tracer, onHotError: () => metrics.hotTierErrors.inc() });
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
-  const app = createApp({ catalog, reader, db, hot, metrics, slo, log, batchMaxIds: config.batchMaxIds, openapiYaml });
+  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
@@ -93,7 +101,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       await new Promise<void>((resolve) => server.close(() => resolve()));
       // Runs in progress get a bounded time to finish; an unfinished one publishes nothing.
       await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_MS).unref())]);
-      await Promise.allSettled([db.close(), hot.close()]);
+      await Promise.allSettled([db.close(), hot.close(), tracing.shutdown()]);
     })());
   return { port, app, catalog, runner, db, hot, startupSyncs, close };
 }

@@ -12,6 +12,8 @@ import { StoreUnavailableError, type FeatureReader } from '../stores/reader.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { SloTracker } from '../observability/slo.js';
+import type { Tracing } from '../observability/tracing.js';
+import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { featureRoutes } from './features.js';
 import { operationRoutes } from './operations.js';
 import { sloRoutes } from './slo.js';
@@ -25,6 +27,7 @@ export interface AppDeps {
   readonly hot: HotTier | null;
   readonly metrics: Metrics;
   readonly slo: SloTracker;
+  readonly tracing: Tracing;
   readonly log: Logger;
   readonly batchMaxIds: number;
   readonly openapiYaml: string;
@@ -34,7 +37,30 @@ export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
   const { metrics, log } = deps;
 
+  app.use(async (c, next) => {
+    c.set('startedAt', performance.now());
+    await next();
+  });
   app.use(requestId({ headerName: 'Request-Id', limitLength: 64 }));
+  const tracer = deps.tracing.tracer;
+  if (tracer) {
+    // A server span per request, continuing the caller's trace when it sends a traceparent.
+    app.use(async (c, next) => {
+      const parent = deps.tracing.extract(c.req.header());
+      const span = tracer.startSpan(c.req.method, { kind: SpanKind.SERVER, attributes: { 'http.request.method': c.req.method, 'url.path': c.req.path } }, parent);
+      try {
+        await context.with(trace.setSpan(parent, span), next);
+      } finally {
+        const last = routePath(c, -1);
+        const route = last === '/*' || last === '*' ? undefined : last;
+        span.updateName(route ? `${c.req.method} ${route}` : c.req.method);
+        if (route) span.setAttribute('http.route', route);
+        span.setAttribute('http.response.status_code', c.res.status);
+        if (c.res.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+        span.end();
+      }
+    });
+  }
   // The headers that matter for a JSON API; the browser-page ones only cost time per response.
   app.use(
     secureHeaders({
@@ -82,4 +108,11 @@ export function createApp(deps: AppDeps): Hono {
     return problemResponse(c, new ApiError('internal', 'an unexpected error occurred; it has been logged with this request id', { request_id: c.get('requestId') }));
   });
   return app;
+}
+
+declare module 'hono' {
+  interface ContextVariableMap {
+    /** performance.now() when the request arrived, for Server-Timing. */
+    startedAt: number;
+  }
 }

@@ -67,6 +67,15 @@ function featureObject(version: ServedVersion, row: FeatureRow, selection: { nam
   return features;
 }
 
+/** Where a lookup's time went: each store read, and the whole request so far. */
+function serverTiming(result: ReadResult, startedAt: number): string {
+  const parts: string[] = [];
+  if (result.timings.hot !== undefined) parts.push(`hot;dur=${result.timings.hot.toFixed(2)}`);
+  if (result.timings.postgres !== undefined) parts.push(`pg;dur=${result.timings.postgres.toFixed(2)}`);
+  parts.push(`total;dur=${(performance.now() - startedAt).toFixed(2)}`);
+  return parts.join(', ');
+}
+
 export function featureRoutes(deps: FeatureRouteDeps): Hono {
   const { catalog, reader, metrics } = deps;
   const app = new Hono();
@@ -141,6 +150,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
     }
     const selection = selectFeatures(version, featureNames);
     c.header('Feature-Tier', result.tier);
+    c.header('Server-Timing', serverTiming(result, c.get('startedAt')));
     if (!row) throw new ApiError('entity-not-found', `view "${view.job.view}" has no entity "${entityId}" in version ${version.version}`);
 
     const now = Date.now();
@@ -210,6 +220,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       // A POST answer is not reusable: the freshness headers inform, they do not license caching.
       c.header('Cache-Control', 'no-store');
       c.header('Feature-Tier', result.tier);
+      c.header('Server-Timing', serverTiming(result, c.get('startedAt')));
       return c.json({
         view: view.job.view,
         metadata: meta,

@@ -35,6 +35,8 @@ const envSchema = z.object({
   SLO_LATENCY_TARGET: z.coerce.number().gt(0).lt(1).default(0.99),
   SLO_AVAILABILITY_TARGET: z.coerce.number().gt(0).lt(1).default(0.999),
   SLO_WINDOW_DAYS: z.coerce.number().positive().max(90).default(28),
+  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+  OTEL_SERVICE_NAME: z.string().min(1).default('feature-serving-api'),
   LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
 });
 
@@ -68,6 +70,9 @@ export interface Config {
   /** After a Redis failure, how long lookups skip it before trying again. */
   readonly redisRetryAfterMs: number;
   readonly slo: SloConfig;
+  /** OTLP/HTTP collector; tracing is off without it. */
+  readonly otlpEndpoint: string | undefined;
+  readonly serviceName: string;
   readonly logLevel: LogLevel;
 }
 
@@ -122,6 +127,8 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
       availabilityTarget: e.SLO_AVAILABILITY_TARGET,
       windowDays: e.SLO_WINDOW_DAYS,
     }),
+    otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
+    serviceName: e.OTEL_SERVICE_NAME,
     logLevel: e.LOG_LEVEL,
   });
 }

@@ -467,6 +467,8 @@ export interface components {
         "Feature-Tier": components["schemas"]["Tier"];
         /** @description Identifies the request in logs. */
         "Request-Id": string;
+        /** @description Where the lookup's time went, in milliseconds: hot (the hot-tier read), pg (the Postgres read, on a miss), total. */
+        "Server-Timing": string;
         /** @description Only on a deprecated view: when it was deprecated (RFC 9745), as @<unix seconds>. */
         Deprecation: string;
         /** @description Only on a deprecated view: when it stops being served (RFC 8594), as an HTTP date. */
@@ -520,6 +522,7 @@ export interface operations {
                     "Feature-Freshness-Objective": components["headers"]["Feature-Freshness-Objective"];
                     "Feature-Tier": components["headers"]["Feature-Tier"];
                     "Request-Id": components["headers"]["Request-Id"];
+                    "Server-Timing": components["headers"]["Server-Timing"];
                     Deprecation: components["headers"]["Deprecation"];
                     Sunset: components["headers"]["Sunset"];
                     Link: components["headers"]["Link"];
@@ -575,6 +578,7 @@ export interface operations {
                     "Feature-Freshness-Objective": components["headers"]["Feature-Freshness-Objective"];
                     "Feature-Tier": components["headers"]["Feature-Tier"];
                     "Request-Id": components["headers"]["Request-Id"];
+                    "Server-Timing": components["headers"]["Server-Timing"];
                     Deprecation: components["headers"]["Deprecation"];
                     Sunset: components["headers"]["Sunset"];
                     Link: components["headers"]["Link"];

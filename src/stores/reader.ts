@@ -1,6 +1,8 @@
 // Owns the read path: the hot tier first, Postgres for what it misses or when
 // it is unavailable, filling the hot tier behind Postgres. Both stores hold the
 // same version, so the answer does not depend on which one gave it.
+import type { Tracer } from '@opentelemetry/api';
+import { inSpan } from '../observability/tracing.js';
 import type { ServedVersion } from './catalog.js';
 import type { Database } from './database.js';
 import type { HotTier } from './hot-tier.js';
@@ -20,6 +22,8 @@ export interface ReadResult {
   /** The tier that answered, or the slowest one involved when several did. */
   readonly tier: Tier;
   readonly hotError: Error | undefined;
+  /** Milliseconds spent in each store, for Server-Timing. */
+  readonly timings: { hot?: number; postgres?: number };
 }
 
 export interface ReaderOptions {
@@ -27,6 +31,8 @@ export interface ReaderOptions {
   readonly fillTtlSeconds: number;
   /** After a hot-tier failure, skip it for this long before trying again (a circuit breaker), so an absent Redis costs nothing per request. */
   readonly hotRetryAfterMs?: number;
+  /** Spans for each store read, when tracing is on. */
+  readonly tracer?: Tracer | undefined;
   readonly onHotError?: (error: Error) => void;
 }
 
@@ -66,10 +72,16 @@ export class FeatureReader {
     let missing: number[] = ids.map((_, i) => i);
     let hotError: Error | undefined;
     let tier: Tier = 'postgres';
+    const timings: { hot?: number; postgres?: number } = {};
+    const tracer = this.options.tracer;
 
     if (this.hot && (this.hotOpenUntil === 0 || Date.now() >= this.hotOpenUntil)) {
       try {
-        const values = await this.hot.get(ids.map((id) => hotKey(version.view, version.version, id)));
+        const started = performance.now();
+        const keys = ids.map((id) => hotKey(version.view, version.version, id));
+        const hot = this.hot;
+        const values = await inSpan(tracer, `${hot.kind} get`, { 'db.system': hot.kind === 'redis' ? 'redis' : 'memory', 'db.operation.name': keys.length === 1 ? 'GET' : 'MGET', 'featurestore.keys': keys.length }, () => hot.get(keys));
+        timings.hot = performance.now() - started;
         missing = [];
         values.forEach((value, i) => {
           if (value === null) missing.push(i);
@@ -85,10 +97,12 @@ export class FeatureReader {
     } else if (this.hot) {
       hotError = HOT_TIER_SKIPPED;
     }
-    if (missing.length === 0) return { rows, tier, hotError };
+    if (missing.length === 0) return { rows, tier, hotError, timings };
 
     const wanted = missing.map((i) => ids[i]!);
-    const found = await this.readPostgres(version, wanted);
+    const started = performance.now();
+    const found = await inSpan(tracer, 'postgres select', { 'db.system': 'postgresql', 'db.operation.name': 'SELECT', 'featurestore.keys': wanted.length }, () => this.readPostgres(version, wanted));
+    timings.postgres = performance.now() - started;
     const fills: [string, string][] = [];
     for (const i of missing) {
       const row = found.get(ids[i]!);
@@ -98,7 +112,7 @@ export class FeatureReader {
     }
     // Filling is best effort and off the response path.
     if (fills.length) void this.hot!.set(fills, this.options.fillTtlSeconds).catch((error: Error) => this.options.onHotError?.(error));
-    return { rows, tier: 'postgres', hotError };
+    return { rows, tier: 'postgres', hotError, timings };
   }
 
   private async readPostgres(version: ServedVersion, ids: readonly string[]): Promise<Map<string, FeatureRow>> {

@@ -10,6 +10,7 @@ import type { RunTrigger } from '../stores/metadata.js';
 import { PostgresDatabase } from '../stores/postgres.js';
 import { RedisHotTier } from '../stores/redis.js';
 import { createLogger } from '../observability/log.js';
+import { setupTracing } from '../observability/tracing.js';
 import { runSync, type RunOptions, type RunSummary } from './engine.js';
 import { RemoteStores } from './remote.js';
 
@@ -54,15 +55,16 @@ async function run(request: ChildRequest): Promise<void> {
     hot = new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: SYNC_REDIS_TIMEOUT_MS });
   }
   const log = createLogger(config.logLevel, { component: 'sync', pid: process.pid });
+  const tracing = setupTracing({ otlpEndpoint: config.otlpEndpoint, serviceName: config.serviceName });
   try {
     const summary = await runSync(
       job,
-      { db, hot, log, batchRows: config.syncBatchRows, retry: config.syncRetry, onRunStarted: (runId) => void send({ t: 'started', runId }) },
+      { db, hot, log, tracer: tracing.tracer, batchRows: config.syncBatchRows, retry: config.syncRetry, onRunStarted: (runId) => void send({ t: 'started', runId }) },
       request.trigger,
       request.options,
     );
     await send({ t: 'done', summary });
   } finally {
-    await Promise.allSettled([db.close(), hot.close()]);
+    await Promise.allSettled([db.close(), hot.close(), tracing.shutdown()]);
   }
 }

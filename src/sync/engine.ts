@@ -12,7 +12,9 @@ import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stor
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
 import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
+import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from '../observability/log.js';
+import { recordPhases } from '../observability/tracing.js';
 import {
   checkCompatibility,
   checkContract,
@@ -52,6 +54,8 @@ export interface SyncContext {
   readonly onRunStarted?: (runId: number) => void;
   /** Memory DuckDB may use before it spills to disk. */
   readonly duckdbMemoryLimit?: string;
+  /** Spans for the run and each of its phases, when tracing is on. */
+  readonly tracer?: Tracer | undefined;
   /** Transient failures (connections, timeouts) are retried this many times in all, with backoff. */
   readonly retry?: { readonly attempts: number; readonly baseDelayMs: number };
 }
@@ -133,11 +137,15 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
   const details: Record<string, unknown> = {};
   if (reclaimedBeforeRun.length) details.reclaimed_dead_versions = reclaimedBeforeRun;
   const phases: Record<string, number> = {};
+  const spans: { name: string; start: number; end: number }[] = [];
   let phaseStart = Date.now();
   const phase = (name: string) => {
-    phases[name] = Date.now() - phaseStart;
-    phaseStart = Date.now();
+    const end = Date.now();
+    phases[name] = end - phaseStart;
+    spans.push({ name, start: phaseStart, end });
+    phaseStart = end;
   };
+  const traceRun = (failed?: string) => recordPhases(ctx.tracer, `sync ${job.view}`, { 'featurestore.job': job.view, 'featurestore.run_id': runId, 'featurestore.trigger': trigger }, started, spans, failed);
 
   let version: number | null = null;
   let rowsRead = 0;
@@ -219,11 +227,14 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
       details.reclaimed_versions = reclaimed;
       await db.query(`UPDATE ${META_SCHEMA}.runs SET details = details || $2::jsonb WHERE run_id = $1`, [runId, JSON.stringify({ reclaimed_versions: reclaimed })]);
     }
+    traceRun();
     const summary: RunSummary = { runId, job: job.view, status: 'succeeded', version, rowsRead, rowsWritten, watermark, error: null, durationMs: Date.now() - started, details: { ...details, phases_ms: phases } };
     log.info('sync.run', { status: 'succeeded', version, rows_read: rowsRead, rows_written: rowsWritten, watermark, duration_ms: summary.durationMs, ...summary.details });
     return summary;
   } catch (caught) {
     const error = describeError(caught);
+    phase('failed');
+    traceRun(error);
     if (caught instanceof SyncDataError) Object.assign(details, caught.details);
     // Remove what this run wrote; the previous version was never touched.
     if (version !== null) await discardVersion(job.view, version, db, hot).catch((cleanupError) => log.warn('sync.cleanup_failed', { version, error: cleanupError }));

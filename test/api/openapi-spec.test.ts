@@ -28,6 +28,7 @@ const featureHeaders = {
   'Feature-Freshness-Objective': '60',
   'Feature-Tier': 'redis',
   'Request-Id': 'r1',
+  'Server-Timing': 'hot;dur=0.12, total;dur=0.50',
 };
 const respond = (body: unknown, status = 200, headers: Record<string, string> = featureHeaders) => new Response(JSON.stringify(body), { status, headers });
 
@@ -77,7 +78,8 @@ describe('openapi.yaml', () => {
 
   it('documents exactly the routes the server has', async () => {
     const { createApp } = await import('../../src/api/app.js');
-    const app = createApp({} as never);
+    const { tracingOff } = await import('../../src/observability/tracing.js');
+    const app = createApp({ tracing: tracingOff } as never);
     const served = app.routes
       .filter((r) => r.method !== 'ALL')
       .map((r) => `${r.method} ${r.path.replace(/:([a-z_]+)/g, '{$1}')}`)
