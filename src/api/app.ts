@@ -16,6 +16,7 @@ import type { Tracing } from '../observability/tracing.js';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { featureRoutes } from './features.js';
 import { operationRoutes } from './operations.js';
+import { dashboardRoutes } from './dashboard.js';
 import { sloRoutes } from './slo.js';
 import { syncStatusRoutes } from './sync-status.js';
 import { ApiError, problemResponse } from './problem.js';
@@ -95,6 +96,7 @@ export function createApp(deps: AppDeps): Hono {
   app.route('/features/v1', featureRoutes(deps));
   app.route('/sync/v1', syncStatusRoutes(deps));
   app.route('/slo/v1', sloRoutes(deps));
+  app.route('/', dashboardRoutes(deps));
   app.route('/', operationRoutes(deps));
 
   app.notFound((c) => problemResponse(c, new ApiError('not-found', `no route for ${c.req.method} ${c.req.path}; see /openapi.yaml`)));

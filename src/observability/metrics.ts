@@ -82,3 +82,35 @@ export class Metrics {
     gauge('featurestore_view_freshness_margin_seconds', 'Seconds until the served data passes its freshness objective (negative: past it).', (v) => v.objectiveSeconds - v.ageSeconds);
   }
 }
+
+/**
+ * Latency quantiles of the lookup routes since start, estimated from the
+ * histogram the way Prometheus' histogram_quantile does (linear within a bucket).
+ */
+export async function lookupLatencyQuantiles(metrics: Metrics, quantiles: readonly number[]): Promise<(number | null)[]> {
+  const { values } = await metrics.requestDuration.get();
+  const buckets = new Map<number, number>();
+  for (const v of values) {
+    if (!v.metricName?.endsWith('_bucket') || !String(v.labels.http_route ?? '').startsWith('/features/v1/')) continue;
+    const bound = (v.labels as Record<string, string | number | undefined>).le;
+    const le = bound === '+Inf' ? Number.POSITIVE_INFINITY : Number(bound);
+    buckets.set(le, (buckets.get(le) ?? 0) + v.value);
+  }
+  const sorted = [...buckets.entries()].sort((a, b) => a[0] - b[0]);
+  const total = sorted.at(-1)?.[1] ?? 0;
+  return quantiles.map((q) => {
+    if (total === 0) return null;
+    const rank = q * total;
+    let previousLe = 0;
+    let previousCount = 0;
+    for (const [le, count] of sorted) {
+      if (count >= rank) {
+        if (!Number.isFinite(le)) return previousLe;
+        return previousLe + ((le - previousLe) * (rank - previousCount)) / Math.max(count - previousCount, 1);
+      }
+      previousLe = le;
+      previousCount = count;
+    }
+    return previousLe;
+  });
+}

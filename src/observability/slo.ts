@@ -47,6 +47,10 @@ export class SloTracker {
   private readonly failed: Float64Array;
   private readonly stamp: Float64Array;
   private readonly since: number;
+  // Per-second counts for the last minute, for a live request rate.
+  private readonly secondTotal = new Float64Array(60);
+  private readonly secondFailed = new Float64Array(60);
+  private readonly secondStamp = new Float64Array(60).fill(-1);
 
   constructor(
     readonly config: SloConfig,
@@ -73,6 +77,30 @@ export class SloTracker {
     this.total[slot]! += 1;
     if (durationMs > this.config.latencyThresholdMs) this.slow[slot]! += 1;
     if (serverError) this.failed[slot]! += 1;
+    const second = Math.floor(this.now() / 1000);
+    const s = second % 60;
+    if (this.secondStamp[s] !== second) {
+      this.secondStamp[s] = second;
+      this.secondTotal[s] = 0;
+      this.secondFailed[s] = 0;
+    }
+    this.secondTotal[s]! += 1;
+    if (serverError) this.secondFailed[s]! += 1;
+  }
+
+  /** Lookups per second and the share that failed, over the last `seconds` (at most 60), this one included. */
+  recent(seconds = 10): { rate: number; errorRate: number } {
+    const span = Math.min(60, Math.max(1, seconds));
+    const current = Math.floor(this.now() / 1000);
+    let total = 0;
+    let failed = 0;
+    for (let sec = current - span + 1; sec <= current; sec++) {
+      const slot = ((sec % 60) + 60) % 60;
+      if (this.secondStamp[slot] !== sec) continue;
+      total += this.secondTotal[slot]!;
+      failed += this.secondFailed[slot]!;
+    }
+    return { rate: total / span, errorRate: total === 0 ? 0 : failed / total };
   }
 
   private sum(minutes: number): { total: number; slow: number; failed: number } {
