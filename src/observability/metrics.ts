@@ -1,6 +1,7 @@
 // Owns the Prometheus metrics: names in base units, OpenTelemetry HTTP names
 // for requests, and only bounded labels (route templates, views, jobs, tiers;
-// never entity ids).
+// never entity ids). A sync job is labelled `sync_job`, since Prometheus
+// reserves `job` for the scrape target.
 import client from 'prom-client';
 
 /** Latency buckets, dense around the lookup objective, with one bucket boundary exactly at it so compliance is read exactly. */
@@ -35,14 +36,14 @@ export class Metrics {
   readonly syncRuns = new client.Counter({
     name: 'featurestore_sync_runs_total',
     help: 'Sync runs by job and outcome.',
-    labelNames: ['job', 'status'] as const,
+    labelNames: ['sync_job', 'status'] as const,
     registers: [this.registry],
   });
 
   readonly syncDuration = new client.Histogram({
     name: 'featurestore_sync_duration_seconds',
     help: 'Duration of sync runs that ran (succeeded or failed).',
-    labelNames: ['job', 'status'] as const,
+    labelNames: ['sync_job', 'status'] as const,
     buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600],
     registers: [this.registry],
   });
@@ -50,7 +51,7 @@ export class Metrics {
   readonly syncRows = new client.Counter({
     name: 'featurestore_sync_rows_total',
     help: 'Rows written by successful sync runs.',
-    labelNames: ['job'] as const,
+    labelNames: ['sync_job'] as const,
     registers: [this.registry],
   });
 

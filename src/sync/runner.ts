@@ -67,7 +67,7 @@ export class SyncRunner {
     if (this.running.has(view)) {
       const reason = 'a run of this job was already in progress in this process';
       const runId = await recordSkippedRun(this.deps.db, view, trigger, reason);
-      this.deps.metrics.syncRuns.inc({ job: view, status: 'skipped' });
+      this.deps.metrics.syncRuns.inc({ sync_job: view, status: 'skipped' });
       return { runId, job: view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: 0, details: {} };
     }
     const promise = this.runChild(job, trigger, options).finally(() => this.running.delete(view));
@@ -85,10 +85,10 @@ export class SyncRunner {
 
   private record(summary: RunSummary): void {
     const { metrics } = this.deps;
-    metrics.syncRuns.inc({ job: summary.job, status: summary.status });
+    metrics.syncRuns.inc({ sync_job: summary.job, status: summary.status });
     if (summary.status === 'skipped') return;
-    metrics.syncDuration.observe({ job: summary.job, status: summary.status }, summary.durationMs / 1000);
-    if (summary.status === 'succeeded') metrics.syncRows.inc({ job: summary.job }, summary.rowsWritten);
+    metrics.syncDuration.observe({ sync_job: summary.job, status: summary.status }, summary.durationMs / 1000);
+    if (summary.status === 'succeeded') metrics.syncRows.inc({ sync_job: summary.job }, summary.rowsWritten);
   }
 
   private runChild(job: JobDefinition, trigger: RunTrigger, options: RunOptions): Promise<RunSummary> {

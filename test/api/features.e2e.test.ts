@@ -274,8 +274,8 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     expect((await client.GET('/healthz')).response.status).toBe(200);
     const metrics = await (await validatingFetch(`${baseUrl}/metrics`)).text();
     expect(metrics).toMatch(/http_server_request_duration_seconds_bucket\{[^}]*http_route="\/features\/v1\/:entity_id"/);
-    expect(metrics).toMatch(/featurestore_sync_runs_total\{job="items",status="succeeded"\} 1/);
-    expect(metrics).toMatch(/featurestore_sync_rows_total\{job="items"\} 2501/);
+    expect(metrics).toMatch(/featurestore_sync_runs_total\{sync_job="items",status="succeeded"\} 1/);
+    expect(metrics).toMatch(/featurestore_sync_rows_total\{sync_job="items"\} 2501/);
     expect(metrics).toMatch(/featurestore_view_version\{view="items"\} 1/);
     expect(metrics).not.toMatch(/e0000\d\d/);
     const spec = await validatingFetch(`${baseUrl}/openapi.yaml`);
