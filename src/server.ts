@@ -69,11 +69,11 @@ export async function startServer(config: Config, log: Logger = createLogger(con
           : [],
       ),
   }, config.slo.latencyThresholdMs / 1000);
-  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, tracer: tracing.tracer, onHotError: () => metrics.hotTierErrors.inc() });
+  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, tracer: tracing.tracer, onHotError: () => metrics.hotTierErrors.inc(), onPostgresError: () => metrics.postgresErrors.inc() });
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
-  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, batchMaxIds: config.batchMaxIds, openapiYaml });
+  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, requestLogLevel: config.requestLogLevel, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));

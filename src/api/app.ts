@@ -32,6 +32,8 @@ export interface AppDeps {
   readonly log: Logger;
   readonly batchMaxIds: number;
   readonly openapiYaml: string;
+  /** Level of the per-request log line; 5xx lines are at warn at least. */
+  readonly requestLogLevel?: 'debug' | 'info' | 'warn';
 }
 
 export function createApp(deps: AppDeps): Hono {
@@ -87,9 +89,19 @@ export function createApp(deps: AppDeps): Hono {
     const route = last === '/*' || last === '*' ? 'unmatched' : last;
     if (route.startsWith('/features/v1/')) deps.slo.record(seconds * 1000, c.res.status >= 500);
     metrics.requestDuration.observe({ http_request_method: c.req.method, http_route: route, http_response_status_code: String(c.res.status) }, seconds);
-    const level = c.res.status >= 500 ? 'warn' : 'debug';
+    const level = c.res.status >= 500 ? 'warn' : (deps.requestLogLevel ?? 'debug');
     if (!log.enabled(level)) return;
-    const fields = { request_id: c.get('requestId'), method: c.req.method, route, status: c.res.status, duration_ms: Math.round(seconds * 1e5) / 100, tier: c.res.headers.get('Feature-Tier') ?? undefined };
+    const traceId = tracer ? trace.getActiveSpan()?.spanContext().traceId : undefined;
+    const fields = {
+      request_id: c.get('requestId'),
+      trace_id: traceId,
+      method: c.req.method,
+      route,
+      status: c.res.status,
+      duration_ms: Math.round(seconds * 1e5) / 100,
+      tier: c.res.headers.get('Feature-Tier') ?? undefined,
+      server_timing: c.res.headers.get('Server-Timing') ?? undefined,
+    };
     log[level]('http.request', fields);
   });
 

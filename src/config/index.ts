@@ -38,6 +38,7 @@ const envSchema = z.object({
   OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
   OTEL_SERVICE_NAME: z.string().min(1).default('feature-serving-api'),
   LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
+  REQUEST_LOG_LEVEL: z.enum(['debug', 'info', 'warn']).default('debug'),
 });
 
 export type LogLevel = z.infer<typeof envSchema>['LOG_LEVEL'];
@@ -74,6 +75,8 @@ export interface Config {
   readonly otlpEndpoint: string | undefined;
   readonly serviceName: string;
   readonly logLevel: LogLevel;
+  /** The level of the one line logged per request (server errors are always at warn or above). */
+  readonly requestLogLevel: 'debug' | 'info' | 'warn';
 }
 
 export class ConfigError extends Error {
@@ -130,5 +133,6 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     otlpEndpoint: e.OTEL_EXPORTER_OTLP_ENDPOINT,
     serviceName: e.OTEL_SERVICE_NAME,
     logLevel: e.LOG_LEVEL,
+    requestLogLevel: e.REQUEST_LOG_LEVEL,
   });
 }

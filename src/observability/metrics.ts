@@ -33,6 +33,19 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly postgresErrors = new client.Counter({
+    name: 'featurestore_postgres_errors_total',
+    help: 'Postgres reads that failed or timed out while answering lookups.',
+    registers: [this.registry],
+  });
+
+  readonly syncRejects = new client.Counter({
+    name: 'featurestore_sync_rejects_total',
+    help: 'Rows left out by sync runs because they broke a constraint.',
+    labelNames: ['sync_job'] as const,
+    registers: [this.registry],
+  });
+
   readonly syncRuns = new client.Counter({
     name: 'featurestore_sync_runs_total',
     help: 'Sync runs by job and outcome.',

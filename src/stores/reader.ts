@@ -34,6 +34,7 @@ export interface ReaderOptions {
   /** Spans for each store read, when tracing is on. */
   readonly tracer?: Tracer | undefined;
   readonly onHotError?: (error: Error) => void;
+  readonly onPostgresError?: (error: Error) => void;
 }
 
 /** Postgres could not answer; the caller reports the stores as unavailable. */
@@ -121,6 +122,7 @@ export class FeatureReader {
       result = await this.db.query<unknown[]>(version.select.text, [ids], { name: version.select.name, rowMode: 'array' });
     } catch (error) {
       if ((error as { code?: string }).code === '42P01') throw new VersionGoneError(`version ${version.version} of ${version.view} is no longer stored`);
+      this.options.onPostgresError?.(error as Error);
       throw new StoreUnavailableError((error as Error).message);
     }
     const byId = new Map<string, FeatureRow>();

@@ -89,6 +89,8 @@ export class SyncRunner {
     if (summary.status === 'skipped') return;
     metrics.syncDuration.observe({ sync_job: summary.job, status: summary.status }, summary.durationMs / 1000);
     if (summary.status === 'succeeded') metrics.syncRows.inc({ sync_job: summary.job }, summary.rowsWritten);
+    const rejected = Number(summary.details.rows_rejected ?? 0);
+    if (rejected > 0) metrics.syncRejects.inc({ sync_job: summary.job }, rejected);
   }
 
   private runChild(job: JobDefinition, trigger: RunTrigger, options: RunOptions): Promise<RunSummary> {

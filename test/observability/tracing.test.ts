@@ -6,7 +6,7 @@ import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trac
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseJobDefinition } from '../../src/jobs/definition.js';
-import { silentLogger } from '../../src/observability/log.js';
+import { createLogger, silentLogger } from '../../src/observability/log.js';
 import { setupTracing } from '../../src/observability/tracing.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { runSync } from '../../src/sync/engine.js';
@@ -20,6 +20,8 @@ const parentOf = (span: ReadableSpan) => (span as unknown as { parentSpanContext
 
 describe('tracing and Server-Timing', () => {
   const exporter = new InMemorySpanExporter();
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger('info', {}, (line) => lines.push(JSON.parse(line) as Record<string, unknown>));
   let redis: RedisServer;
   let database: { url: string; drop(): Promise<void> };
   let server: RunningServer;
@@ -32,7 +34,7 @@ describe('tracing and Server-Timing', () => {
     dir = await tempDir('tracing');
     source = await writeParquet(path.join(dir, 't.parquet'), `SELECT 'k' || i AS id, TIMESTAMP '2026-01-01' AS t, i AS n FROM range(1, 11) t(i)`);
     await writeJobs(dir, [{ view: 'traced', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } }]);
-    server = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir }), silentLogger, { spanExporter: exporter });
+    server = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, REQUEST_LOG_LEVEL: 'info' }), log, { spanExporter: exporter });
     expect((await server.runner.run('traced', 'manual')).status).toBe('succeeded');
   });
 
@@ -74,6 +76,24 @@ describe('tracing and Server-Timing', () => {
     expect(pgSpan.attributes).toMatchObject({ 'db.system': 'postgresql' });
   });
 
+  it('logs one JSON line per request with its request id and trace id', async () => {
+    lines.length = 0;
+    const response = await fetch(`http://127.0.0.1:${server.port}/features/v1/k6?view=traced`, { headers: { traceparent: `00-${TRACE_ID}-${CALLER_SPAN}-01` } });
+    const requestLines = lines.filter((l) => l.event === 'http.request');
+    expect(requestLines).toHaveLength(1);
+    expect(requestLines[0]).toMatchObject({
+      level: 'info',
+      request_id: response.headers.get('Request-Id'),
+      trace_id: TRACE_ID,
+      method: 'GET',
+      route: '/features/v1/:entity_id',
+      status: 200,
+      tier: response.headers.get('Feature-Tier'),
+      server_timing: response.headers.get('Server-Timing'),
+    });
+    expect(JSON.stringify(requestLines[0])).not.toContain('k6');
+  });
+
   it('starts a new trace without a traceparent', async () => {
     exporter.reset();
     await fetch(`http://127.0.0.1:${server.port}/features/v1/k5?view=traced`);
@@ -86,8 +106,11 @@ describe('tracing and Server-Timing', () => {
     const syncExporter = new InMemorySpanExporter();
     const tracing = setupTracing({ exporter: syncExporter, serviceName: 'test' });
     const job = parseJobDefinition(path.join(dir, 'traced.yaml'), JSON.stringify({ view: 'traced', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } }, schedule: '0 0 * * *', freshness: '1d' }));
-    const summary = await runSync(job, { db: server.db, hot: server.hot, log: silentLogger, tracer: tracing.tracer, batchRows: 1000 }, 'manual');
+    lines.length = 0;
+    const summary = await runSync(job, { db: server.db, hot: server.hot, log, tracer: tracing.tracer, batchRows: 1000 }, 'manual');
     expect(summary.status).toBe('succeeded');
+    // One wide line for the run.
+    expect(lines.filter((l) => l.event === 'sync.run')).toEqual([expect.objectContaining({ job: 'traced', run_id: summary.runId, status: 'succeeded', rows_read: 10, rows_written: 10 })]);
     const spans = syncExporter.getFinishedSpans();
     const root = spans.find((s) => s.name === 'sync traced')!;
     expect(root.attributes).toMatchObject({ 'featurestore.job': 'traced', 'featurestore.run_id': summary.runId });
