@@ -47,7 +47,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const jobs = await loadJobDefinitions(config.syncJobsDir);
   const db: Database = config.embedded
     ? await PgliteDatabase.open(config.pgliteDataDir)
-    : new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 20, statementTimeoutMs: 5_000 });
+    : new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 20, statementTimeoutMs: config.requestTimeoutMs, clientTimeoutMs: config.requestTimeoutMs });
   const hot: HotTier = config.embedded ? new MemoryHotTier() : new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: config.redisTimeoutMs });
   try {
     await ensureSchema(db);
@@ -73,7 +73,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
-  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, requestLogLevel: config.requestLogLevel, batchMaxIds: config.batchMaxIds, openapiYaml });
+  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
@@ -99,8 +99,10 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       scheduler.stop();
       catalog.stop();
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      // Runs in progress get a bounded time to finish; an unfinished one publishes nothing.
+      // Runs in progress get a bounded time to finish; one still running then is
+      // stopped, and publishes nothing (its run is recorded as failed).
       await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_MS).unref())]);
+      await runner.abandonAll('the server shut down before the run finished');
       await Promise.allSettled([db.close(), hot.close(), tracing.shutdown()]);
     })());
   return { port, app, catalog, runner, db, hot, startupSyncs, close };

@@ -1,7 +1,7 @@
 // Owns the HTTP application: middleware (request id, safe headers, metrics and
 // the per-request log line), the route groups, and the one place where errors
 // become problem responses.
-import { Hono } from 'hono';
+import { Hono, type Context, type Next } from 'hono';
 import { requestId } from 'hono/request-id';
 import { routePath } from 'hono/route';
 import { secureHeaders } from 'hono/secure-headers';
@@ -34,6 +34,10 @@ export interface AppDeps {
   readonly openapiYaml: string;
   /** Level of the per-request log line; 5xx lines are at warn at least. */
   readonly requestLogLevel?: 'debug' | 'info' | 'warn';
+  /** A feature request's whole budget; past it the answer is a 503. */
+  readonly requestTimeoutMs?: number;
+  /** Feature and sync requests in progress beyond this are shed with a 503 at once. */
+  readonly maxInFlight?: number;
 }
 
 export function createApp(deps: AppDeps): Hono {
@@ -104,6 +108,23 @@ export function createApp(deps: AppDeps): Hono {
     };
     log[level]('http.request', fields);
   });
+
+  // Load shedding: past the limit, refuse at once so admitted requests keep their latency.
+  let inFlight = 0;
+  const maxInFlight = deps.maxInFlight ?? 512;
+  const shed = async (c: Context, next: Next) => {
+    if (inFlight >= maxInFlight) {
+      throw new ApiError('overloaded', `the server is at its limit of ${maxInFlight} requests in progress; retry shortly`, {}, { 'Retry-After': '1' });
+    }
+    inFlight++;
+    try {
+      await next();
+    } finally {
+      inFlight--;
+    }
+  };
+  app.use('/features/v1/*', shed);
+  app.use('/sync/v1/*', shed);
 
   app.route('/features/v1', featureRoutes(deps));
   app.route('/sync/v1', syncStatusRoutes(deps));

@@ -6,7 +6,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { z } from 'zod';
 import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
 import type { Catalog, ServedVersion, ServedView } from '../stores/catalog.js';
-import { VersionGoneError, type FeatureReader, type FeatureRow, type ReadResult } from '../stores/reader.js';
+import { StoreUnavailableError, VersionGoneError, type FeatureReader, type FeatureRow, type ReadResult } from '../stores/reader.js';
 import type { Metrics } from '../observability/metrics.js';
 import { deprecationHeaders, entityTag, freshnessHeaders, freshnessOf, matchesIfNoneMatch } from './freshness.js';
 import { ApiError } from './problem.js';
@@ -16,6 +16,8 @@ export interface FeatureRouteDeps {
   readonly reader: FeatureReader;
   readonly metrics: Metrics;
   readonly batchMaxIds: number;
+  /** A lookup's budget; a read still unanswered then becomes a 503. */
+  readonly requestTimeoutMs?: number;
 }
 
 const entityIdRegex = new RegExp(ENTITY_ID_PATTERN);
@@ -80,17 +82,27 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
   const { catalog, reader, metrics } = deps;
   const app = new Hono();
 
+  const budget = deps.requestTimeoutMs ?? 1000;
+  /** The read, or a StoreUnavailableError once the request's budget is spent: never a hang. */
+  function withinBudget<T>(work: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new StoreUnavailableError(`the stores did not answer within the ${budget} ms budget (REQUEST_TIMEOUT_MS)`)), budget);
+    });
+    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+  }
+
   /** Reads one version; if it was reclaimed under us, follows the catalog to the current one once. */
   async function read(view: ServedView, ids: readonly string[]): Promise<{ version: ServedVersion; result: ReadResult }> {
     let version = requireVersion(view);
     let result: ReadResult;
     try {
-      result = await reader.read(version, ids);
+      result = await withinBudget(reader.read(version, ids));
     } catch (error) {
       if (!(error instanceof VersionGoneError)) throw error;
-      await catalog.refresh();
+      await withinBudget(catalog.refresh());
       version = requireVersion(catalog.get(view.job.view)!);
-      result = await reader.read(version, ids);
+      result = await withinBudget(reader.read(version, ids));
     }
     metrics.lookupsByTier.inc({ view: view.job.view, tier: result.tier }, ids.length);
     return { version, result };

@@ -36,14 +36,15 @@ export function operationRoutes(deps: OperationRouteDeps): Hono {
 
   app.get('/healthz', (c) => c.json({ status: 'ok' }, 200, { 'Cache-Control': 'no-store' }));
 
-  // Ready means: Postgres answers and every view has a version to serve. A hot
-  // tier that is down degrades speed, not answers, so it does not fail readiness.
+  // Ready means: every view has a version to serve and at least one store
+  // answers. One store down is "degraded" (still 200): Redis down costs speed,
+  // Postgres down costs the entities Redis does not hold.
   app.get('/readyz', async (c) => {
     const [postgres, hotTier] = await Promise.all([check(() => deps.db.ping()), deps.hot ? check(() => deps.hot!.ping()) : Promise.resolve('ok' as const)]);
     const views = Object.fromEntries(deps.catalog.list().map((v) => [v.job.view, v.current ? { version: v.current.version } : { version: null }]));
     const viewsReady = Object.values(views).every((v) => v.version !== null);
-    const ready = postgres === 'ok' && viewsReady;
-    const status = !ready ? 'not_ready' : hotTier === 'ok' ? 'ready' : 'degraded';
+    const ready = viewsReady && (postgres === 'ok' || (deps.hot !== null && hotTier === 'ok'));
+    const status = !ready ? 'not_ready' : postgres === 'ok' && hotTier === 'ok' ? 'ready' : 'degraded';
     return c.json(
       { status, checks: { postgres, hot_tier: deps.hot ? { kind: deps.hot.kind, status: hotTier } : { kind: 'none', status: 'ok' }, views } },
       ready ? 200 : 503,

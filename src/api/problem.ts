@@ -17,6 +17,7 @@ export const PROBLEM_KINDS = {
   'unsupported-media-type': { status: 415, title: 'Unsupported media type' },
   'view-not-ready': { status: 503, title: 'The view has no published version yet' },
   'store-unavailable': { status: 503, title: 'The feature stores are unavailable' },
+  overloaded: { status: 503, title: 'The server is overloaded' },
   internal: { status: 500, title: 'Internal error' },
 } as const satisfies Record<string, { status: ContentfulStatusCode; title: string }>;
 

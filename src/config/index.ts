@@ -29,6 +29,8 @@ const envSchema = z.object({
   CATALOG_REFRESH_MS: positiveInt.default(1000),
   BATCH_MAX_IDS: positiveInt.max(10_000).default(1000),
   REDIS_TIMEOUT_MS: positiveInt.default(250),
+  REQUEST_TIMEOUT_MS: positiveInt.default(1000),
+  MAX_IN_FLIGHT: positiveInt.default(512),
   REDIS_FILL_TTL_SECONDS: positiveInt.default(86_400),
   REDIS_RETRY_AFTER_MS: positiveInt.default(1000),
   SLO_LATENCY_THRESHOLD_MS: z.coerce.number().positive().default(10),
@@ -67,6 +69,10 @@ export interface Config {
   readonly catalogRefreshMs: number;
   readonly batchMaxIds: number;
   readonly redisTimeoutMs: number;
+  /** A lookup's whole budget: past it the answer is a 503, never a hang. */
+  readonly requestTimeoutMs: number;
+  /** Feature and sync requests in progress beyond this are refused at once with 503 (load shedding). */
+  readonly maxInFlight: number;
   readonly redisFillTtlSeconds: number;
   /** After a Redis failure, how long lookups skip it before trying again. */
   readonly redisRetryAfterMs: number;
@@ -122,6 +128,8 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     catalogRefreshMs: e.CATALOG_REFRESH_MS,
     batchMaxIds: e.BATCH_MAX_IDS,
     redisTimeoutMs: e.REDIS_TIMEOUT_MS,
+    requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
+    maxInFlight: e.MAX_IN_FLIGHT,
     redisFillTtlSeconds: e.REDIS_FILL_TTL_SECONDS,
     redisRetryAfterMs: e.REDIS_RETRY_AFTER_MS,
     slo: Object.freeze({

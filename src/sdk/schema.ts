@@ -459,7 +459,7 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description `view-not-ready` (no published version yet) or `store-unavailable` (Postgres did not answer). */
+        /** @description `view-not-ready` (no published version yet), `store-unavailable` (the stores did not answer within the budget) or `overloaded` (too many requests in progress). */
         Unavailable: {
             headers: {
                 "Retry-After": components["headers"]["Retry-After"];

@@ -20,6 +20,8 @@ export interface PostgresOptions {
   readonly applicationName?: string;
   /** Upper bound for any one statement, so no query runs unbounded. */
   readonly statementTimeoutMs?: number;
+  /** Upper bound for getting a connection and for a query's answer, seen from this side (a frozen server never answers). */
+  readonly clientTimeoutMs?: number;
 }
 
 async function runQuery<R>(client: pg.Pool | pg.PoolClient, text: string, params: readonly unknown[] | undefined, options: QueryOptions | undefined): Promise<R[]> {
@@ -40,7 +42,8 @@ export class PostgresDatabase implements Database {
       max: options.maxConnections ?? 10,
       application_name: options.applicationName ?? 'feature-serving-api',
       statement_timeout: options.statementTimeoutMs ?? 60_000,
-      connectionTimeoutMillis: 5_000,
+      connectionTimeoutMillis: options.clientTimeoutMs ?? 5_000,
+      ...(options.clientTimeoutMs ? { query_timeout: options.clientTimeoutMs } : {}),
       idleTimeoutMillis: 30_000,
       options: '-c TimeZone=UTC',
       types: typeParsers,

@@ -29,7 +29,7 @@ export interface ReadResult {
 export interface ReaderOptions {
   /** TTL of entries written into the hot tier after a miss. */
   readonly fillTtlSeconds: number;
-  /** After a hot-tier failure, skip it for this long before trying again (a circuit breaker), so an absent Redis costs nothing per request. */
+  /** After a store fails, skip it for this long before trying again (a circuit breaker), so an absent store costs nothing per request. */
   readonly hotRetryAfterMs?: number;
   /** Spans for each store read, when tracing is on. */
   readonly tracer?: Tracer | undefined;
@@ -61,6 +61,8 @@ function encodeHotValue(row: FeatureRow): string {
 export class FeatureReader {
   /** Until when the hot tier is skipped after a failure. */
   private hotOpenUntil = 0;
+  /** Until when Postgres is not asked after it failed: misses are refused at once instead of each waiting out a timeout. */
+  private postgresOpenUntil = 0;
 
   constructor(
     private readonly db: Database,
@@ -117,11 +119,14 @@ export class FeatureReader {
   }
 
   private async readPostgres(version: ServedVersion, ids: readonly string[]): Promise<Map<string, FeatureRow>> {
+    if (this.postgresOpenUntil !== 0 && Date.now() < this.postgresOpenUntil) throw new StoreUnavailableError('Postgres failed recently and is skipped until its retry time');
     let result: unknown[][];
     try {
       result = await this.db.query<unknown[]>(version.select.text, [ids], { name: version.select.name, rowMode: 'array' });
+      this.postgresOpenUntil = 0;
     } catch (error) {
       if ((error as { code?: string }).code === '42P01') throw new VersionGoneError(`version ${version.version} of ${version.view} is no longer stored`);
+      this.postgresOpenUntil = Date.now() + (this.options.hotRetryAfterMs ?? 1000);
       this.options.onPostgresError?.(error as Error);
       throw new StoreUnavailableError((error as Error).message);
     }

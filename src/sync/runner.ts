@@ -50,6 +50,8 @@ function childEntry(): { path: string; execArgv: string[] } {
 
 export class SyncRunner {
   private readonly running = new Map<string, Promise<RunSummary>>();
+  private readonly children = new Set<import('node:child_process').ChildProcess>();
+  private abandonReason: string | undefined;
   private readonly jobs: Map<string, JobDefinition>;
 
   constructor(private readonly deps: SyncRunnerDeps) {
@@ -78,6 +80,13 @@ export class SyncRunner {
     return summary;
   }
 
+  /** Stops every run still in progress; what they wrote is never published. */
+  async abandonAll(reason: string): Promise<void> {
+    this.abandonReason = reason;
+    for (const child of this.children) child.kill('SIGKILL');
+    await this.idle();
+  }
+
   /** Waits for every run in progress (used at shutdown). */
   async idle(): Promise<void> {
     await Promise.allSettled([...this.running.values()]);
@@ -103,6 +112,8 @@ export class SyncRunner {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     lowerPriority(child.pid, config.syncNice, log);
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
     const host = config.embedded ? new StoreHost(db, hot) : undefined;
     let runId: number | undefined;
     let summary: RunSummary | undefined;
@@ -124,9 +135,11 @@ export class SyncRunner {
           await host?.release();
           if (summary) return resolve(summary);
           const timedOut = Date.now() - started >= config.syncTimeoutMs;
-          const error = timedOut
-            ? `the run exceeded SYNC_TIMEOUT_SECONDS (${config.syncTimeoutMs / 1000} s) and was stopped; nothing of it was published`
-            : `the sync process exited (${signal ?? `code ${code}`}) before finishing; nothing of it was published`;
+          const error = this.abandonReason
+            ? `${this.abandonReason}; nothing of it was published`
+            : timedOut
+              ? `the run exceeded SYNC_TIMEOUT_SECONDS (${config.syncTimeoutMs / 1000} s) and was stopped; nothing of it was published`
+              : `the sync process exited (${signal ?? `code ${code}`}) before finishing; nothing of it was published`;
           // The child's lock died with it (or with its connection); close its run record here.
           if (runId !== undefined) await finishRun(db, runId, { status: 'failed', error }).catch(() => undefined);
           log.error('sync.run', { job: job.view, run_id: runId, status: 'failed', error });
