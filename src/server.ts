@@ -12,6 +12,7 @@ import { Metrics } from './observability/metrics.js';
 import { SloTracker } from './observability/slo.js';
 import { setupTracing } from './observability/tracing.js';
 import type { SpanExporter } from '@opentelemetry/sdk-trace-base';
+import { ApiKeys } from './stores/api-keys.js';
 import { Catalog } from './stores/catalog.js';
 import type { Database } from './stores/database.js';
 import type { HotTier } from './stores/hot-tier.js';
@@ -56,9 +57,25 @@ export async function startServer(config: Config, log: Logger = createLogger(con
     throw new ConfigError(`cannot prepare the Postgres schema (is DATABASE_URL right and the server up?): ${(error as Error).message}`);
   }
 
+  let apiKeys: ApiKeys | undefined;
+  if (config.authMode === 'keys') {
+    apiKeys = new ApiKeys(db);
+    await apiKeys.refresh();
+    if (apiKeys.size === 0) {
+      await Promise.allSettled([db.close(), hot.close()]);
+      throw new ConfigError(
+        'no API keys exist, so no one could read a feature: create one with `npm run ctl -- keys create <name> --views <view,...|*>`, or set AUTH_MODE=open to serve without keys',
+      );
+    }
+  } else {
+    log.warn('server.auth_open', { message: 'AUTH_MODE=open: feature and sync routes answer without an API key' });
+  }
+
   const catalog = new Catalog(db, jobs);
   await catalog.refresh();
   catalog.start(config.catalogRefreshMs);
+  // New and revoked keys take effect within the same interval as new versions.
+  const keyRefresh = apiKeys ? setInterval(() => void apiKeys!.refresh().catch(() => undefined), config.catalogRefreshMs).unref() : undefined;
   const slo = new SloTracker(config.slo);
   const tracing = setupTracing({ otlpEndpoint: config.otlpEndpoint, exporter: overrides.spanExporter, serviceName: config.serviceName });
   const metrics = new Metrics({
@@ -73,7 +90,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
-  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
+  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, apiKeys, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
@@ -98,6 +115,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
     (closing ??= (async () => {
       scheduler.stop();
       catalog.stop();
+      clearInterval(keyRefresh);
       await new Promise<void>((resolve) => server.close(() => resolve()));
       // Runs in progress get a bounded time to finish; one still running then is
       // stopped, and publishes nothing (its run is recorded as failed).

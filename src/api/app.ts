@@ -5,6 +5,7 @@ import { Hono, type Context, type Next } from 'hono';
 import { requestId } from 'hono/request-id';
 import { routePath } from 'hono/route';
 import { secureHeaders } from 'hono/secure-headers';
+import type { ApiKeys, KeyGrant } from '../stores/api-keys.js';
 import type { Catalog } from '../stores/catalog.js';
 import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
@@ -38,6 +39,8 @@ export interface AppDeps {
   readonly requestTimeoutMs?: number;
   /** Feature and sync requests in progress beyond this are shed with a 503 at once. */
   readonly maxInFlight?: number;
+  /** API keys; absent means open access (AUTH_MODE=open). */
+  readonly apiKeys?: ApiKeys | undefined;
 }
 
 export function createApp(deps: AppDeps): Hono {
@@ -109,6 +112,22 @@ export function createApp(deps: AppDeps): Hono {
     log[level]('http.request', fields);
   });
 
+  // API keys: feature and sync routes need one. Which views it may read is checked per route, before any read.
+  const apiKeys = deps.apiKeys;
+  if (apiKeys) {
+    const authenticate = async (c: Context, next: Next) => {
+      const header = c.req.header('Authorization') ?? '';
+      const token = /^Bearer\s+(\S+)$/i.exec(header)?.[1];
+      if (!token) throw new ApiError('unauthorized', 'send an API key: Authorization: Bearer <key>', {}, { 'WWW-Authenticate': 'Bearer realm="feature-api"' });
+      const grant = apiKeys.verify(token);
+      if (!grant) throw new ApiError('unauthorized', 'the API key is not valid, or has been revoked', {}, { 'WWW-Authenticate': 'Bearer realm="feature-api", error="invalid_token"' });
+      c.set('grant', grant);
+      await next();
+    };
+    app.use('/features/v1/*', authenticate);
+    app.use('/sync/v1/*', authenticate);
+  }
+
   // Load shedding: past the limit, refuse at once so admitted requests keep their latency.
   let inFlight = 0;
   const maxInFlight = deps.maxInFlight ?? 512;
@@ -149,5 +168,7 @@ declare module 'hono' {
   interface ContextVariableMap {
     /** performance.now() when the request arrived, for Server-Timing. */
     startedAt: number;
+    /** The caller's API key grant; unset when access is open. */
+    grant: KeyGrant | undefined;
   }
 }

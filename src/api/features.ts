@@ -5,6 +5,7 @@ import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { z } from 'zod';
 import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
+import { mayRead, type KeyGrant } from '../stores/api-keys.js';
 import type { Catalog, ServedVersion, ServedView } from '../stores/catalog.js';
 import { StoreUnavailableError, VersionGoneError, type FeatureReader, type FeatureRow, type ReadResult } from '../stores/reader.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -30,16 +31,24 @@ export function checkEntityId(id: unknown, where: string): string {
   return id;
 }
 
-function viewNames(catalog: Catalog): string {
-  return catalog
-    .list()
-    .map((v) => v.job.view)
-    .join(', ');
+/** The views the caller may read (all of them when access is open). */
+export function visibleViews(catalog: Catalog, grant: KeyGrant | undefined): ServedView[] {
+  return catalog.list().filter((v) => !grant || mayRead(grant, v.job.view));
 }
 
-function requireView(catalog: Catalog, name: string): ServedView {
+function viewNames(catalog: Catalog, grant: KeyGrant | undefined): string {
+  return (
+    visibleViews(catalog, grant)
+      .map((v) => v.job.view)
+      .join(', ') || 'none for this key'
+  );
+}
+
+/** The named view, if it exists and the caller may read it; checked before any read, so a 403 reveals nothing about entities. */
+export function requireView(catalog: Catalog, name: string, grant: KeyGrant | undefined): ServedView {
   const view = catalog.get(name);
-  if (!view) throw new ApiError('unknown-view', `there is no view "${name}"; views: ${viewNames(catalog)}`);
+  if (view && grant && !mayRead(grant, name)) throw new ApiError('forbidden', `API key "${grant.name}" may not read view "${name}"`);
+  if (!view) throw new ApiError('unknown-view', `there is no view "${name.slice(0, 60)}"; views: ${viewNames(catalog, grant)}`);
   return view;
 }
 
@@ -109,8 +118,9 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
   }
 
   /** Without ?view=, the one view that holds the entity (or the only view there is). */
-  async function resolveView(entityId: string): Promise<{ view: ServedView; version: ServedVersion; row: FeatureRow | null; result: ReadResult }> {
-    const views = catalog.list();
+  async function resolveView(entityId: string, grant: KeyGrant | undefined): Promise<{ view: ServedView; version: ServedVersion; row: FeatureRow | null; result: ReadResult }> {
+    const views = visibleViews(catalog, grant);
+    if (views.length === 0) throw new ApiError('forbidden', `API key "${grant?.name}" may not read any view`);
     if (views.length === 1) {
       const { version, result } = await read(views[0]!, [entityId]);
       return { view: views[0]!, version, row: result.rows[0] ?? null, result };
@@ -127,7 +137,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       const pending = views.filter((v) => !v.current).map((v) => v.job.view);
       // An unsynced view might hold it: say so rather than claim it does not exist.
       if (pending.length) throw new ApiError('view-not-ready', `no published view holds entity "${entityId}", and ${pending.join(', ')} have no published version yet`, {}, { 'Retry-After': '5' });
-      throw new ApiError('entity-not-found', `no view holds entity "${entityId}"; views: ${viewNames(catalog)}`);
+      throw new ApiError('entity-not-found', `no view holds entity "${entityId}"; views: ${viewNames(catalog, grant)}`);
     }
     const only = holding[0]!;
     return { view: only.view, version: only.version, row: only.result.rows[0]!, result: only.result };
@@ -151,14 +161,15 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
     let version: ServedVersion;
     let row: FeatureRow | null;
     let result: ReadResult;
+    const grant = c.get('grant');
     if (viewName !== undefined) {
-      view = requireView(catalog, viewName);
+      view = requireView(catalog, viewName, grant);
       requireVersion(view);
       selectFeatures(view.current!, featureNames); // reject bad selections before reading
       ({ version, result } = await read(view, [entityId]));
       row = result.rows[0] ?? null;
     } else {
-      ({ view, version, row, result } = await resolveView(entityId));
+      ({ view, version, row, result } = await resolveView(entityId, grant));
     }
     const selection = selectFeatures(version, featureNames);
     c.header('Feature-Tier', result.tier);
@@ -213,13 +224,14 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       }
       const body = parsed.data;
       const ids = body.entity_ids.map((id, i) => checkEntityId(id, `entity_ids[${i}]`));
+      const grant = c.get('grant');
       let viewName = body.view;
       if (viewName === undefined) {
-        const views = catalog.list();
-        if (views.length !== 1) throw new ApiError('invalid-request', `name the view in "view"; views: ${viewNames(catalog)}`);
+        const views = visibleViews(catalog, grant);
+        if (views.length !== 1) throw new ApiError('invalid-request', `name the view in "view"; views: ${viewNames(catalog, grant)}`);
         viewName = views[0]!.job.view;
       }
-      const view = requireView(catalog, viewName);
+      const view = requireView(catalog, viewName, grant);
       selectFeatures(requireVersion(view), body.features);
       const unique = [...new Set(ids)];
       const { version, result } = await read(view, unique);

@@ -10,6 +10,8 @@ export const PROBLEM_KINDS = {
   'unknown-view': { status: 400, title: 'No such feature view' },
   'unknown-feature': { status: 400, title: 'No such feature in this view' },
   'ambiguous-entity': { status: 400, title: 'Several views hold this entity' },
+  unauthorized: { status: 401, title: 'A valid API key is required' },
+  forbidden: { status: 403, title: 'This API key may not read this view' },
   'entity-not-found': { status: 404, title: 'No such entity in this view' },
   'not-found': { status: 404, title: 'No such resource' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },

@@ -5,6 +5,7 @@ import { Hono } from 'hono';
 import type { Catalog, ServedView } from '../stores/catalog.js';
 import type { Database } from '../stores/database.js';
 import { lastWatermark, listRuns, type RunRecord } from '../stores/metadata.js';
+import { requireView, visibleViews } from './features.js';
 import { freshnessOf } from './freshness.js';
 import { ApiError } from './problem.js';
 
@@ -67,15 +68,14 @@ export function syncStatusRoutes(deps: SyncStatusDeps): Hono {
   app.get('/jobs', async (c) => {
     rejectUnknownParams(c.req.queries(), []);
     const now = Date.now();
-    const jobs = await Promise.all(catalog.list().map((view) => jobBody(view, now)));
+    const jobs = await Promise.all(visibleViews(catalog, c.get('grant')).map((view) => jobBody(view, now)));
     return c.json({ jobs }, 200, { 'Cache-Control': 'no-store' });
   });
 
   app.get('/jobs/:job/runs', async (c) => {
     rejectUnknownParams(c.req.queries(), ['limit']);
     const name = c.req.param('job');
-    const view = catalog.get(name);
-    if (!view) throw new ApiError('unknown-view', `there is no sync job "${name.slice(0, 60)}"; jobs: ${catalog.list().map((v) => v.job.view).join(', ')}`);
+    requireView(catalog, name, c.get('grant'));
     const limitText = c.req.query('limit');
     const limit = limitText === undefined ? RUNS_DEFAULT : Number(limitText);
     if (!/^\d+$/.test(limitText ?? '20') || limit < 1 || limit > RUNS_MAX) throw new ApiError('invalid-request', `limit must be a whole number from 1 to ${RUNS_MAX}, got "${limitText}"`);

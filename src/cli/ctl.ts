@@ -3,12 +3,15 @@
 //   backfill <job> --from T     run an incremental job over the rows after instant T
 //   runs <job> [--limit N]      list the job's recent runs
 //   rollback <view>             switch readers back to the previous version
+//   keys create <name> --views a,b|*   create an API key (printed once)
+//   keys list | keys revoke <id|name>
 // Exit codes: 0 done, 1 failed (the reason on stderr), 2 bad usage or
 // configuration, 3 skipped because another run holds the job.
 import { parseArgs } from 'node:util';
 import { loadConfig, type Config } from '../config/index.js';
 import { loadJobDefinitions, type JobDefinition } from '../jobs/definition.js';
 import { createLogger } from '../observability/log.js';
+import { createApiKey, listApiKeys, revokeApiKey } from '../stores/api-keys.js';
 import { ensureSchema, listRuns, rollbackView } from '../stores/metadata.js';
 import { PostgresDatabase } from '../stores/postgres.js';
 import { RedisHotTier } from '../stores/redis.js';
@@ -20,6 +23,9 @@ const USAGE = `usage:
   npm run ctl -- backfill <job> --from T   run an incremental job over every row after T (ISO 8601)
   npm run ctl -- runs <job> [--limit N]    list the job's recent runs (default 20)
   npm run ctl -- rollback <view>           switch readers back to the view's previous version
+  npm run ctl -- keys create <name> --views <view,...|*>   create an API key; it is printed once, stored hashed
+  npm run ctl -- keys list                 list keys (never their secrets)
+  npm run ctl -- keys revoke <key-id|name> revoke a key (takes effect within CATALOG_REFRESH_MS)
 All commands need DATABASE_URL and REDIS_URL.`;
 
 class ExitError extends Error {
@@ -60,7 +66,7 @@ function findJob(config: Config, jobs: JobDefinition[], name: string | undefined
 async function main(argv: string[]): Promise<void> {
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, allowPositionals: true, options: { force: { type: 'boolean' }, limit: { type: 'string' }, from: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: { force: { type: 'boolean' }, limit: { type: 'string' }, from: { type: 'string' }, views: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
   } catch (error) {
     throw usage((error as Error).message);
   }
@@ -69,8 +75,10 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
+  if (positionals[0] === 'keys') return keys(positionals.slice(1), values.views);
   const [command, name, ...rest] = positionals;
   if (rest.length) throw usage(`unexpected arguments: ${rest.join(' ')}`);
+  if (values.views !== undefined) throw usage('--views goes with keys create');
   if (command !== 'sync' && command !== 'backfill' && command !== 'runs' && command !== 'rollback') throw usage(command ? `unknown command "${command}"` : 'name a command');
   if (values.force && command !== 'sync') throw usage('--force goes with sync');
   if ((values.from !== undefined) !== (command === 'backfill')) throw usage('backfill needs --from, and --from goes with backfill');
@@ -111,6 +119,39 @@ async function main(argv: string[]): Promise<void> {
     }
   } finally {
     await Promise.allSettled([db.close(), hot.close()]);
+  }
+}
+
+async function keys(args: string[], views: string | undefined): Promise<void> {
+  const [action, target, ...rest] = args;
+  if (rest.length) throw usage(`unexpected arguments: ${rest.join(' ')}`);
+  if (action === 'create') {
+    if (!target) throw usage('name the key: keys create <name> --views <view,...|*>');
+    if (!views) throw usage('say which views the key may read: --views route_delays,origin_airports (or --views "*" for all)');
+  } else if (action === 'revoke') {
+    if (!target) throw usage('name the key to revoke: keys revoke <key-id|name>');
+  } else if (action !== 'list') throw usage(action ? `unknown keys action "${action}"` : 'keys needs create, list or revoke');
+  const { config, jobs } = await setup();
+  const db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 2, applicationName: 'feature-ctl:keys' });
+  try {
+    await ensureSchema(db).catch((error: Error) => {
+      throw new ExitError(`keys ${action} could not run: Postgres: ${error.message}`, 1);
+    });
+    if (action === 'create') {
+      const list = views!.split(',').map((v) => v.trim()).filter(Boolean);
+      const unknown = list.filter((v) => v !== '*' && !jobs.some((j) => j.view === v));
+      if (list.length === 0 || unknown.length) throw new ExitError(`unknown view(s) ${unknown.join(', ') || '(none given)'}; views: ${jobs.map((j) => j.view).join(', ')}`, 2);
+      const { keyId, token } = await createApiKey(db, target!, list);
+      process.stdout.write(JSON.stringify({ key_id: keyId, name: target, views: list, key: token, note: 'the key is shown only now; it is stored hashed' }, null, 2) + '\n');
+    } else if (action === 'list') {
+      process.stdout.write(JSON.stringify(await listApiKeys(db), null, 2) + '\n');
+    } else {
+      const revoked = await revokeApiKey(db, target!);
+      if (revoked === 0) throw new ExitError(`no active key with id or name "${target}"`, 1);
+      process.stdout.write(JSON.stringify({ revoked }, null, 2) + '\n');
+    }
+  } finally {
+    await db.close();
   }
 }
 

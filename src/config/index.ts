@@ -31,6 +31,7 @@ const envSchema = z.object({
   REDIS_TIMEOUT_MS: positiveInt.default(250),
   REQUEST_TIMEOUT_MS: positiveInt.default(1000),
   MAX_IN_FLIGHT: positiveInt.default(512),
+  AUTH_MODE: z.enum(['keys', 'open'], { error: () => 'expected keys or open' }).optional(),
   REDIS_FILL_TTL_SECONDS: positiveInt.default(86_400),
   REDIS_RETRY_AFTER_MS: positiveInt.default(1000),
   SLO_LATENCY_THRESHOLD_MS: z.coerce.number().positive().default(10),
@@ -73,6 +74,8 @@ export interface Config {
   readonly requestTimeoutMs: number;
   /** Feature and sync requests in progress beyond this are refused at once with 503 (load shedding). */
   readonly maxInFlight: number;
+  /** keys: feature and sync routes need an API key; open: anyone may read (default only in the embedded demo). */
+  readonly authMode: 'keys' | 'open';
   readonly redisFillTtlSeconds: number;
   /** After a Redis failure, how long lookups skip it before trying again. */
   readonly redisRetryAfterMs: number;
@@ -130,6 +133,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     redisTimeoutMs: e.REDIS_TIMEOUT_MS,
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     maxInFlight: e.MAX_IN_FLIGHT,
+    authMode: e.AUTH_MODE ?? (embedded ? 'open' : 'keys'),
     redisFillTtlSeconds: e.REDIS_FILL_TTL_SECONDS,
     redisRetryAfterMs: e.REDIS_RETRY_AFTER_MS,
     slo: Object.freeze({

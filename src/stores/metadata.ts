@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.versions (
   published_at timestamptz,
   PRIMARY KEY (view, version)
 );
+CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.api_keys (
+  key_id     text PRIMARY KEY,
+  name       text NOT NULL,
+  hash       text NOT NULL,
+  views      text[] NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  revoked_at timestamptz
+);
 CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.views (
   view             text PRIMARY KEY,
   current_version  bigint NOT NULL,

@@ -82,6 +82,24 @@ describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', ()
     expect(snapshot.stderr).toMatch(/good is a snapshot job; backfill applies to incremental jobs/);
   });
 
+  it('creates, lists and revokes API keys, showing a key only once', () => {
+    const created = ctl(['keys', 'create', 'backend', '--views', 'good']);
+    expect(created.status, created.stderr).toBe(0);
+    const key = JSON.parse(created.stdout) as { key: string; key_id: string; views: string[] };
+    expect(key.key).toMatch(/^fsk_[a-f0-9]{12}_/);
+    expect(key.views).toEqual(['good']);
+    const listed = ctl(['keys', 'list']);
+    expect(listed.status).toBe(0);
+    expect(listed.stdout).toContain(key.key_id);
+    expect(listed.stdout).not.toContain('fsk_');
+    expect(JSON.parse(ctl(['keys', 'revoke', 'backend']).stdout)).toEqual({ revoked: 1 });
+    expect(ctl(['keys', 'revoke', 'backend']).status).toBe(1);
+    const unknown = ctl(['keys', 'create', 'x', '--views', 'good,nope']);
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toMatch(/unknown view\(s\) nope; views: bad, good/);
+    expect(ctl(['keys', 'create', 'x']).stderr).toMatch(/say which views the key may read/);
+  });
+
   it('exits 1 naming the store when Postgres is unreachable', () => {
     const result = sync(['good'], { DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none' });
     expect(result.status).toBe(1);

@@ -51,5 +51,6 @@ export async function writeJobs(dir: string, jobs: JobYaml[]): Promise<string> {
 }
 
 export function serverConfig(env: Record<string, string | undefined>): Config {
-  return loadConfig({ PORT: '0', HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false', SYNC_ON_START: 'false', LOG_LEVEL: 'silent', CATALOG_REFRESH_MS: '200', ...env });
+  // Open access unless a test sets AUTH_MODE=keys: the key checks have their own tests.
+  return loadConfig({ PORT: '0', HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false', SYNC_ON_START: 'false', LOG_LEVEL: 'silent', CATALOG_REFRESH_MS: '200', AUTH_MODE: 'open', ...env });
 }

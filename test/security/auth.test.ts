@@ -1,0 +1,138 @@
+// API keys: hashed in Postgres, scoped to views, effective without restart;
+// and an attack suite of missing, wrong, revoked and other-view keys and of
+// hostile input, each answered with the right 4xx problem, never a 5xx.
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { startServer, type RunningServer } from '../../src/server.js';
+import { createApiKey, listApiKeys, revokeApiKey } from '../../src/stores/api-keys.js';
+import { ensureSchema, META_SCHEMA } from '../../src/stores/metadata.js';
+import { PostgresDatabase } from '../../src/stores/postgres.js';
+import { freshDatabase } from '../support/db.js';
+import { serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
+import { assertMatchesSpec } from '../support/openapi.js';
+import { startRedis, type RedisServer } from '../support/servers.js';
+
+describe('API keys and hostile input', () => {
+  let redis: RedisServer;
+  let database: { url: string; drop(): Promise<void> };
+  let db: PostgresDatabase;
+  let server: RunningServer;
+  let baseUrl: string;
+  let dir: string;
+  let itemsKey: string;
+  let allKey: string;
+
+  const get = async (url: string, key?: string, headers: Record<string, string> = {}) => {
+    const response = await fetch(`${baseUrl}${url}`, { headers: { ...(key ? { Authorization: `Bearer ${key}` } : {}), ...headers } });
+    await assertMatchesSpec('GET', new URL(`${baseUrl}${url}`).pathname, response);
+    return response;
+  };
+  const config = () => serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, AUTH_MODE: 'keys', CATALOG_REFRESH_MS: '100' });
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    database = await freshDatabase(inject('databaseUrl'), 'auth');
+    db = new PostgresDatabase({ url: database.url });
+    dir = await tempDir('auth');
+    const items = await writeParquet(path.join(dir, 'items.parquet'), `SELECT 'i' || i AS id, TIMESTAMP '2026-01-01' AS t, i AS n FROM range(1, 11) t(i)`);
+    const secrets = await writeParquet(path.join(dir, 'secrets.parquet'), `SELECT 's' || i AS id, TIMESTAMP '2026-01-01' AS t, i * 100 AS salary FROM range(1, 11) t(i)`);
+    await writeJobs(dir, [
+      { view: 'items', source: items, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } },
+      { view: 'secrets', source: secrets, entity_key: 'id', event_time: 't', features: { salary: { type: 'integer' } } },
+    ]);
+  });
+
+  afterAll(async () => {
+    await server?.close();
+    await db?.close();
+    await redis?.destroy();
+    await database?.drop();
+  });
+
+  it('refuses to start in keys mode while no key exists, saying how to create one', async () => {
+    await expect(startServer(config())).rejects.toThrow(/no API keys exist.*npm run ctl -- keys create <name> --views.*or set AUTH_MODE=open/);
+  });
+
+  it('stores keys hashed and lists them without secrets', async () => {
+    await ensureSchema(db);
+    itemsKey = (await createApiKey(db, 'items-reader', ['items'])).token;
+    allKey = (await createApiKey(db, 'admin', ['*'])).token;
+    expect(itemsKey).toMatch(/^fsk_[a-f0-9]{12}_[A-Za-z0-9_-]{43}$/);
+    const stored = await db.query<{ hash: string }>(`SELECT hash FROM ${META_SCHEMA}.api_keys`);
+    expect(stored.map((r) => r.hash).join()).not.toContain(itemsKey.slice(18));
+    expect(stored.every((r) => /^[a-f0-9]{64}$/.test(r.hash))).toBe(true);
+    expect(JSON.stringify(await listApiKeys(db))).not.toMatch(/fsk_/);
+
+    server = await startServer(config());
+    baseUrl = `http://127.0.0.1:${server.port}`;
+    expect((await server.runner.run('items', 'manual')).status).toBe('succeeded');
+    expect((await server.runner.run('secrets', 'manual')).status).toBe('succeeded');
+  });
+
+  it('serves a key the views it may read', async () => {
+    const response = await get('/features/v1/i3?view=items', itemsKey);
+    expect(response.status).toBe(200);
+    expect(((await response.json()) as { features: { n: number } }).features.n).toBe(3);
+    expect((await get('/features/v1/s3?view=secrets', allKey)).status).toBe(200);
+  });
+
+  describe('attack suite', () => {
+    const cases: [string, () => Promise<Response>, number, RegExp][] = [
+      ['no key', () => get('/features/v1/i1?view=items'), 401, /send an API key/],
+      ['a wrong key', () => get('/features/v1/i1?view=items', 'fsk_000000000000_' + 'A'.repeat(43)), 401, /not valid, or has been revoked/],
+      ['a malformed key', () => get('/features/v1/i1?view=items', 'hunter2'), 401, /not valid/],
+      ['a key with a changed secret', () => get('/features/v1/i1?view=items', itemsKey.slice(0, -1) + (itemsKey.endsWith('A') ? 'B' : 'A')), 401, /not valid/],
+      ['Basic instead of Bearer', () => get('/features/v1/i1?view=items', undefined, { Authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }), 401, /send an API key/],
+      ['another view, existing entity', () => get('/features/v1/s1?view=secrets', itemsKey), 403, /may not read view "secrets"/],
+      ['another view, missing entity', () => get('/features/v1/nobody?view=secrets', itemsKey), 403, /may not read view "secrets"/],
+      ['another view in a batch', () => fetch(`${baseUrl}/features/v1/batch`, { method: 'POST', headers: { Authorization: `Bearer ${itemsKey}`, 'Content-Type': 'application/json' }, body: '{"view":"secrets","entity_ids":["s1"]}' }), 403, /may not read view "secrets"/],
+      ['another job\'s runs', () => get('/sync/v1/jobs/secrets/runs', itemsKey), 403, /may not read view "secrets"/],
+      ['an unknown view lists only the key\'s views', () => get('/features/v1/i1?view=nope', itemsKey), 400, /views: items$/],
+      ['an SQL-looking id', () => get(`/features/v1/${encodeURIComponent("1; DROP TABLE featurestore.runs; --")}?view=items`, itemsKey), 400, /not a valid entity id/],
+      ['a path-traversal id', () => get('/features/v1/..%2F..%2Fsecrets?view=items', itemsKey), 400, /not a valid entity id/],
+      ['an unknown parameter', () => get('/features/v1/i1?view=items&debug=1', itemsKey), 400, /unknown query parameter "debug"/],
+      ['an oversized id', () => get(`/features/v1/${'a'.repeat(5000)}?view=items`, itemsKey), 400, /not a valid entity id/],
+    ];
+    for (const [name, send, status, detail] of cases) {
+      it(`${name} → ${status}`, async () => {
+        const response = await send();
+        expect(response.status).toBe(status);
+        const body = await response.text();
+        expect(JSON.parse(body).detail).toMatch(detail);
+        expect(body).not.toContain(itemsKey);
+        expect(body).not.toMatch(/stack|SELECT |127\.0\.0\.1|postgres:\/\//);
+      });
+    }
+
+    it('a 403 for another view is the same whether the entity exists or not', async () => {
+      const existing = (await (await get('/features/v1/s1?view=secrets', itemsKey)).json()) as Record<string, unknown>;
+      const missing = (await (await get('/features/v1/s999?view=secrets', itemsKey)).json()) as Record<string, unknown>;
+      const strip = (b: Record<string, unknown>) => ({ ...b, instance: undefined });
+      expect(strip(existing)).toEqual(strip(missing));
+    });
+
+    it('oversized headers are refused by the HTTP layer (431), not served', async () => {
+      const response = await fetch(`${baseUrl}/features/v1/i1?view=items`, { headers: { Authorization: `Bearer ${itemsKey}`, 'X-Padding': 'x'.repeat(20_000) } });
+      expect(response.status).toBe(431);
+    });
+  });
+
+  it('without ?view= only the key\'s views are searched, and /sync/v1/jobs lists only them', async () => {
+    expect((await get('/features/v1/s1', itemsKey)).status).toBe(404);
+    expect((await get('/features/v1/s1', allKey)).status).toBe(200);
+    const jobs = (await (await get('/sync/v1/jobs', itemsKey)).json()) as { jobs: { job: string }[] };
+    expect(jobs.jobs.map((j) => j.job)).toEqual(['items']);
+  });
+
+  it('needs no key for health, readiness, metrics and the contract', async () => {
+    for (const url of ['/healthz', '/readyz', '/metrics', '/openapi.yaml']) expect((await fetch(`${baseUrl}${url}`)).status).toBe(200);
+  });
+
+  it('takes a new key and a revocation into account without a restart', async () => {
+    const late = (await createApiKey(db, 'late', ['items'])).token;
+    await expect.poll(async () => (await get('/features/v1/i1?view=items', late)).status, { timeout: 5_000 }).toBe(200);
+    expect(await revokeApiKey(db, 'late')).toBe(1);
+    await expect.poll(async () => (await get('/features/v1/i1?view=items', late)).status, { timeout: 5_000 }).toBe(401);
+    expect((await get('/features/v1/i1?view=items', itemsKey)).status).toBe(200);
+  });
+});
