@@ -21,6 +21,7 @@ import { ensureSchema } from './stores/metadata.js';
 import { PgliteDatabase } from './stores/pglite.js';
 import { PostgresDatabase } from './stores/postgres.js';
 import { FeatureReader } from './stores/reader.js';
+import { RateLimiter } from './stores/rate-limit.js';
 import { RedisHotTier } from './stores/redis.js';
 import { SyncRunner } from './sync/runner.js';
 import { Scheduler } from './sync/scheduler.js';
@@ -90,7 +91,9 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
-  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, apiKeys, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
+  // Buckets live in Redis when there is one, so all processes share them.
+  const rateLimiter = apiKeys ? new RateLimiter(hot instanceof RedisHotTier ? hot.client : undefined) : undefined;
+  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));

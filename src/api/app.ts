@@ -6,6 +6,7 @@ import { requestId } from 'hono/request-id';
 import { routePath } from 'hono/route';
 import { secureHeaders } from 'hono/secure-headers';
 import type { ApiKeys, KeyGrant } from '../stores/api-keys.js';
+import type { RateLimit, RateLimiter } from '../stores/rate-limit.js';
 import type { Catalog } from '../stores/catalog.js';
 import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
@@ -41,6 +42,9 @@ export interface AppDeps {
   readonly maxInFlight?: number;
   /** API keys; absent means open access (AUTH_MODE=open). */
   readonly apiKeys?: ApiKeys | undefined;
+  /** Per-key token buckets, with the default limit for keys without their own. */
+  readonly rateLimiter?: RateLimiter | undefined;
+  readonly defaultRateLimit?: RateLimit;
 }
 
 export function createApp(deps: AppDeps): Hono {
@@ -122,6 +126,21 @@ export function createApp(deps: AppDeps): Hono {
       const grant = apiKeys.verify(token);
       if (!grant) throw new ApiError('unauthorized', 'the API key is not valid, or has been revoked', {}, { 'WWW-Authenticate': 'Bearer realm="feature-api", error="invalid_token"' });
       c.set('grant', grant);
+      if (deps.rateLimiter) {
+        const limit = grant.rate ?? deps.defaultRateLimit ?? { perSecond: 1000, burst: 2000 };
+        const decision = await deps.rateLimiter.take(grant.keyId, limit);
+        // IETF RateLimit fields: the policy (quota per window) and what is left of it now.
+        const headers = {
+          'RateLimit-Policy': `"per-key";q=${decision.burst};w=${decision.windowSeconds}`,
+          RateLimit: `"per-key";r=${decision.remaining};t=${decision.retryAfterSeconds}`,
+        };
+        if (!decision.allowed) {
+          throw new ApiError('rate-limited', `API key "${grant.name}" is over its limit of ${limit.perSecond} requests per second (burst ${limit.burst}); retry after ${decision.retryAfterSeconds} s`, {}, { ...headers, 'Retry-After': String(decision.retryAfterSeconds) });
+        }
+        await next();
+        for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
+        return;
+      }
       await next();
     };
     app.use('/features/v1/*', authenticate);

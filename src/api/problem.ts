@@ -15,6 +15,7 @@ export const PROBLEM_KINDS = {
   'entity-not-found': { status: 404, title: 'No such entity in this view' },
   'not-found': { status: 404, title: 'No such resource' },
   'method-not-allowed': { status: 405, title: 'Method not allowed' },
+  'rate-limited': { status: 429, title: 'Too many requests for this API key' },
   'payload-too-large': { status: 413, title: 'Request body too large' },
   'unsupported-media-type': { status: 415, title: 'Unsupported media type' },
   'view-not-ready': { status: 503, title: 'The view has no published version yet' },

@@ -23,7 +23,8 @@ const USAGE = `usage:
   npm run ctl -- backfill <job> --from T   run an incremental job over every row after T (ISO 8601)
   npm run ctl -- runs <job> [--limit N]    list the job's recent runs (default 20)
   npm run ctl -- rollback <view>           switch readers back to the view's previous version
-  npm run ctl -- keys create <name> --views <view,...|*>   create an API key; it is printed once, stored hashed
+  npm run ctl -- keys create <name> --views <view,...|*> [--rate N [--burst M]]
+                                           create an API key (printed once, stored hashed), optionally with its own rate limit
   npm run ctl -- keys list                 list keys (never their secrets)
   npm run ctl -- keys revoke <key-id|name> revoke a key (takes effect within CATALOG_REFRESH_MS)
 All commands need DATABASE_URL and REDIS_URL.`;
@@ -66,7 +67,7 @@ function findJob(config: Config, jobs: JobDefinition[], name: string | undefined
 async function main(argv: string[]): Promise<void> {
   let parsed;
   try {
-    parsed = parseArgs({ args: argv, allowPositionals: true, options: { force: { type: 'boolean' }, limit: { type: 'string' }, from: { type: 'string' }, views: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+    parsed = parseArgs({ args: argv, allowPositionals: true, options: { force: { type: 'boolean' }, limit: { type: 'string' }, from: { type: 'string' }, views: { type: 'string' }, rate: { type: 'string' }, burst: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
   } catch (error) {
     throw usage((error as Error).message);
   }
@@ -75,7 +76,8 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
-  if (positionals[0] === 'keys') return keys(positionals.slice(1), values.views);
+  if (positionals[0] === 'keys') return keys(positionals.slice(1), values.views, values.rate, values.burst);
+  if (values.rate !== undefined || values.burst !== undefined) throw usage('--rate and --burst go with keys create');
   const [command, name, ...rest] = positionals;
   if (rest.length) throw usage(`unexpected arguments: ${rest.join(' ')}`);
   if (values.views !== undefined) throw usage('--views goes with keys create');
@@ -122,7 +124,12 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
-async function keys(args: string[], views: string | undefined): Promise<void> {
+async function keys(args: string[], views: string | undefined, rateText: string | undefined, burstText: string | undefined): Promise<void> {
+  const rate = rateText === undefined ? undefined : Number(rateText);
+  const burst = burstText === undefined ? undefined : Number(burstText);
+  if (rate !== undefined && !(rate > 0)) throw usage(`--rate must be a positive number of requests per second, got "${rateText}"`);
+  if (burst !== undefined && !(Number.isInteger(burst) && burst >= 1)) throw usage(`--burst must be a whole number of at least 1, got "${burstText}"`);
+  if (burst !== undefined && rate === undefined) throw usage('--burst goes with --rate');
   const [action, target, ...rest] = args;
   if (rest.length) throw usage(`unexpected arguments: ${rest.join(' ')}`);
   if (action === 'create') {
@@ -141,8 +148,9 @@ async function keys(args: string[], views: string | undefined): Promise<void> {
       const list = views!.split(',').map((v) => v.trim()).filter(Boolean);
       const unknown = list.filter((v) => v !== '*' && !jobs.some((j) => j.view === v));
       if (list.length === 0 || unknown.length) throw new ExitError(`unknown view(s) ${unknown.join(', ') || '(none given)'}; views: ${jobs.map((j) => j.view).join(', ')}`, 2);
-      const { keyId, token } = await createApiKey(db, target!, list);
-      process.stdout.write(JSON.stringify({ key_id: keyId, name: target, views: list, key: token, note: 'the key is shown only now; it is stored hashed' }, null, 2) + '\n');
+      const limit = rate === undefined ? undefined : { perSecond: rate, burst: burst ?? Math.max(1, Math.ceil(rate)) };
+      const { keyId, token } = await createApiKey(db, target!, list, limit);
+      process.stdout.write(JSON.stringify({ key_id: keyId, name: target, views: list, rate_limit: limit ?? 'server default', key: token, note: 'the key is shown only now; it is stored hashed' }, null, 2) + '\n');
     } else if (action === 'list') {
       process.stdout.write(JSON.stringify(await listApiKeys(db), null, 2) + '\n');
     } else {

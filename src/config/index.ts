@@ -31,6 +31,8 @@ const envSchema = z.object({
   REDIS_TIMEOUT_MS: positiveInt.default(250),
   REQUEST_TIMEOUT_MS: positiveInt.default(1000),
   MAX_IN_FLIGHT: positiveInt.default(512),
+  RATE_LIMIT_PER_SECOND: z.coerce.number().positive().default(1000),
+  RATE_LIMIT_BURST: positiveInt.default(2000),
   AUTH_MODE: z.enum(['keys', 'open'], { error: () => 'expected keys or open' }).optional(),
   REDIS_FILL_TTL_SECONDS: positiveInt.default(86_400),
   REDIS_RETRY_AFTER_MS: positiveInt.default(1000),
@@ -76,6 +78,8 @@ export interface Config {
   readonly maxInFlight: number;
   /** keys: feature and sync routes need an API key; open: anyone may read (default only in the embedded demo). */
   readonly authMode: 'keys' | 'open';
+  /** Default per-key token bucket (a key may carry its own). */
+  readonly rateLimit: { readonly perSecond: number; readonly burst: number };
   readonly redisFillTtlSeconds: number;
   /** After a Redis failure, how long lookups skip it before trying again. */
   readonly redisRetryAfterMs: number;
@@ -134,6 +138,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     maxInFlight: e.MAX_IN_FLIGHT,
     authMode: e.AUTH_MODE ?? (embedded ? 'open' : 'keys'),
+    rateLimit: Object.freeze({ perSecond: e.RATE_LIMIT_PER_SECOND, burst: e.RATE_LIMIT_BURST }),
     redisFillTtlSeconds: e.REDIS_FILL_TTL_SECONDS,
     redisRetryAfterMs: e.REDIS_RETRY_AFTER_MS,
     slo: Object.freeze({

@@ -411,6 +411,18 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
+        /** @description `rate-limited`: the key is over its rate limit (a token bucket per key, shared by all server processes through Redis). */
+        RateLimited: {
+            headers: {
+                "Retry-After": components["headers"]["Retry-After"];
+                RateLimit: components["headers"]["RateLimit"];
+                "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
         /** @description `forbidden`: the key may not read this view. Said before any read, so it tells nothing about the entity. */
         Forbidden: {
             headers: {
@@ -532,6 +544,10 @@ export interface components {
         Sunset: string;
         /** @description Only on a deprecated view with a successor: rel="successor-version". */
         Link: string;
+        /** @description With API keys: what is left of the key's quota now (IETF RateLimit fields), e.g. "per-key";r=57;t=0. */
+        RateLimit: string;
+        /** @description With API keys: the key's quota per window, e.g. "per-key";q=2000;w=2. */
+        "RateLimit-Policy": string;
         /** @description Seconds after which to retry. */
         "Retry-After": string;
     };
@@ -580,6 +596,8 @@ export interface operations {
                     "Feature-Tier": components["headers"]["Feature-Tier"];
                     "Request-Id": components["headers"]["Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
                     Deprecation: components["headers"]["Deprecation"];
                     Sunset: components["headers"]["Sunset"];
                     Link: components["headers"]["Link"];
@@ -606,6 +624,7 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
         };
@@ -638,6 +657,8 @@ export interface operations {
                     "Feature-Tier": components["headers"]["Feature-Tier"];
                     "Request-Id": components["headers"]["Request-Id"];
                     "Server-Timing": components["headers"]["Server-Timing"];
+                    RateLimit: components["headers"]["RateLimit"];
+                    "RateLimit-Policy": components["headers"]["RateLimit-Policy"];
                     Deprecation: components["headers"]["Deprecation"];
                     Sunset: components["headers"]["Sunset"];
                     Link: components["headers"]["Link"];
@@ -654,6 +675,7 @@ export interface operations {
             405: components["responses"]["MethodNotAllowed"];
             413: components["responses"]["PayloadTooLarge"];
             415: components["responses"]["UnsupportedMediaType"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
         };
@@ -679,6 +701,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
         };
@@ -709,6 +732,7 @@ export interface operations {
             400: components["responses"]["BadRequest"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Forbidden"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["Unavailable"];
         };

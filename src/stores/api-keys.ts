@@ -12,6 +12,8 @@ export interface KeyGrant {
   readonly name: string;
   /** View names the key may read; '*' means all. */
   readonly views: readonly string[];
+  /** The key's own rate limit, or null for the server's default. */
+  readonly rate: { readonly perSecond: number; readonly burst: number } | null;
 }
 
 export interface ApiKeyRecord extends KeyGrant {
@@ -26,18 +28,36 @@ export function mayRead(grant: KeyGrant, view: string): boolean {
   return grant.views.includes('*') || grant.views.includes(view);
 }
 
-export async function createApiKey(db: Queryable, name: string, views: readonly string[]): Promise<{ keyId: string; token: string }> {
+export async function createApiKey(db: Queryable, name: string, views: readonly string[], rate?: { perSecond: number; burst: number }): Promise<{ keyId: string; token: string }> {
   const keyId = randomBytes(6).toString('hex');
   const token = `fsk_${keyId}_${randomBytes(32).toString('base64url')}`;
-  await db.query(`INSERT INTO ${META_SCHEMA}.api_keys (key_id, name, hash, views) VALUES ($1, $2, $3, $4)`, [keyId, name, sha256(token).toString('hex'), views]);
+  await db.query(`INSERT INTO ${META_SCHEMA}.api_keys (key_id, name, hash, views, rate_per_second, burst) VALUES ($1, $2, $3, $4, $5, $6)`, [
+    keyId,
+    name,
+    sha256(token).toString('hex'),
+    views,
+    rate?.perSecond ?? null,
+    rate?.burst ?? null,
+  ]);
   return { keyId, token };
 }
 
-type KeyRow = { key_id: string; name: string; hash: string; views: string[]; created_at: Date | string; revoked_at: Date | string | null };
+type KeyRow = {
+  key_id: string;
+  name: string;
+  hash: string;
+  views: string[];
+  rate_per_second: number | null;
+  burst: number | null;
+  created_at: Date | string;
+  revoked_at: Date | string | null;
+};
+
+const rateOf = (r: KeyRow) => (r.rate_per_second === null ? null : { perSecond: Number(r.rate_per_second), burst: Number(r.burst ?? Math.ceil(Number(r.rate_per_second))) });
 
 export async function listApiKeys(db: Queryable): Promise<ApiKeyRecord[]> {
-  const rows = await db.query<KeyRow>(`SELECT key_id, name, views, created_at, revoked_at FROM ${META_SCHEMA}.api_keys ORDER BY created_at, key_id`);
-  return rows.map((r) => ({ keyId: r.key_id, name: r.name, views: r.views, createdAt: new Date(r.created_at), revokedAt: r.revoked_at === null ? null : new Date(r.revoked_at) }));
+  const rows = await db.query<KeyRow>(`SELECT key_id, name, views, rate_per_second, burst, created_at, revoked_at FROM ${META_SCHEMA}.api_keys ORDER BY created_at, key_id`);
+  return rows.map((r) => ({ keyId: r.key_id, name: r.name, views: r.views, rate: rateOf(r), createdAt: new Date(r.created_at), revokedAt: r.revoked_at === null ? null : new Date(r.revoked_at) }));
 }
 
 /** Revokes by key id or by name; returns how many keys it revoked. */
@@ -57,8 +77,8 @@ export class ApiKeys {
   }
 
   async refresh(): Promise<void> {
-    const rows = await this.db.query<KeyRow>(`SELECT key_id, name, hash, views FROM ${META_SCHEMA}.api_keys WHERE revoked_at IS NULL`);
-    this.keys = new Map(rows.map((r) => [r.key_id, { hash: Buffer.from(r.hash, 'hex'), grant: { keyId: r.key_id, name: r.name, views: r.views } }]));
+    const rows = await this.db.query<KeyRow>(`SELECT key_id, name, hash, views, rate_per_second, burst FROM ${META_SCHEMA}.api_keys WHERE revoked_at IS NULL`);
+    this.keys = new Map(rows.map((r) => [r.key_id, { hash: Buffer.from(r.hash, 'hex'), grant: { keyId: r.key_id, name: r.name, views: r.views, rate: rateOf(r) } }]));
   }
 
   /** The grant of a valid, unrevoked token, or null. The hash comparison takes constant time. */

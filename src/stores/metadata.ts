@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.api_keys (
   name       text NOT NULL,
   hash       text NOT NULL,
   views      text[] NOT NULL,
+  rate_per_second double precision,
+  burst      integer,
   created_at timestamptz NOT NULL DEFAULT now(),
   revoked_at timestamptz
 );

@@ -128,6 +128,34 @@ describe('API keys and hostile input', () => {
     for (const url of ['/healthz', '/readyz', '/metrics', '/openapi.yaml']) expect((await fetch(`${baseUrl}${url}`)).status).toBe(200);
   });
 
+  it('rate-limits each key with a token bucket shared by all server processes through Redis', async () => {
+    const limited = (await createApiKey(db, 'limited', ['items'], { perSecond: 0.5, burst: 6 })).token;
+    // A second server process on the same stores draws on the same bucket.
+    const other = await startServer(config());
+    try {
+      const urls = [baseUrl, `http://127.0.0.1:${other.port}`];
+      await expect.poll(async () => (await get('/features/v1/i1?view=items', limited)).status, { timeout: 5_000 }).not.toBe(401);
+      const statuses: number[] = [];
+      let last: Response | undefined;
+      for (let i = 0; i < 10; i++) {
+        last = await fetch(`${urls[i % 2]}/features/v1/i1?view=items`, { headers: { Authorization: `Bearer ${limited}` } });
+        statuses.push(last.status);
+        if (last.status === 200) expect(last.headers.get('RateLimit-Policy')).toBe('"per-key";q=6;w=12');
+      }
+      // 6 in the burst (one spent by the poll above), then refused, whichever process answered.
+      expect(statuses.filter((s) => s === 200)).toHaveLength(5);
+      expect(statuses.slice(5).every((s) => s === 429)).toBe(true);
+      await assertMatchesSpec('GET', '/features/v1/i1', last!);
+      expect(last!.headers.get('Retry-After')).toBe('2');
+      expect(last!.headers.get('RateLimit')).toMatch(/^"per-key";r=0;t=2$/);
+      expect(((await last!.json()) as { detail: string }).detail).toMatch(/API key "limited" is over its limit of 0.5 requests per second \(burst 6\)/);
+      // Other keys are not affected.
+      expect((await get('/features/v1/i1?view=items', itemsKey)).status).toBe(200);
+    } finally {
+      await other.close();
+    }
+  });
+
   it('takes a new key and a revocation into account without a restart', async () => {
     const late = (await createApiKey(db, 'late', ['items'])).token;
     await expect.poll(async () => (await get('/features/v1/i1?view=items', late)).status, { timeout: 5_000 }).toBe(200);
