@@ -38,7 +38,6 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-const SHUTDOWN_GRACE_MS = 25_000;
 
 export interface ServerOverrides {
   /** Export spans here (tests), whatever the configuration says. */
@@ -122,7 +121,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       await new Promise<void>((resolve) => server.close(() => resolve()));
       // Runs in progress get a bounded time to finish; one still running then is
       // stopped, and publishes nothing (its run is recorded as failed).
-      await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, SHUTDOWN_GRACE_MS).unref())]);
+      await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
       await runner.abandonAll('the server shut down before the run finished');
       await Promise.allSettled([db.close(), hot.close(), tracing.shutdown()]);
     })());
@@ -150,7 +149,8 @@ async function main(): Promise<void> {
   }
   const stop = (signal: string) => {
     log.info('server.stopping', { signal });
-    setTimeout(() => process.exit(1), SHUTDOWN_GRACE_MS + 5_000).unref();
+    // The bound on the whole shutdown: past it the process exits anyway.
+    setTimeout(() => process.exit(1), config.shutdownGraceMs + 5_000).unref();
     void running.close().then(() => process.exit(0));
   };
   process.once('SIGTERM', () => stop('SIGTERM'));

@@ -31,6 +31,7 @@ const envSchema = z.object({
   REDIS_TIMEOUT_MS: positiveInt.default(250),
   REQUEST_TIMEOUT_MS: positiveInt.default(1000),
   MAX_IN_FLIGHT: positiveInt.default(512),
+  SHUTDOWN_GRACE_SECONDS: z.coerce.number().min(0).max(600).default(25),
   RATE_LIMIT_PER_SECOND: z.coerce.number().positive().default(1000),
   RATE_LIMIT_BURST: positiveInt.default(2000),
   AUTH_MODE: z.enum(['keys', 'open'], { error: () => 'expected keys or open' }).optional(),
@@ -76,6 +77,8 @@ export interface Config {
   readonly requestTimeoutMs: number;
   /** Feature and sync requests in progress beyond this are refused at once with 503 (load shedding). */
   readonly maxInFlight: number;
+  /** At SIGTERM, how long a running sync may take to finish before it is stopped unpublished. */
+  readonly shutdownGraceMs: number;
   /** keys: feature and sync routes need an API key; open: anyone may read (default only in the embedded demo). */
   readonly authMode: 'keys' | 'open';
   /** Default per-key token bucket (a key may carry its own). */
@@ -137,6 +140,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     redisTimeoutMs: e.REDIS_TIMEOUT_MS,
     requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     maxInFlight: e.MAX_IN_FLIGHT,
+    shutdownGraceMs: e.SHUTDOWN_GRACE_SECONDS * 1000,
     authMode: e.AUTH_MODE ?? (embedded ? 'open' : 'keys'),
     rateLimit: Object.freeze({ perSecond: e.RATE_LIMIT_PER_SECOND, burst: e.RATE_LIMIT_BURST }),
     redisFillTtlSeconds: e.REDIS_FILL_TTL_SECONDS,

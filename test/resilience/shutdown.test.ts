@@ -1,0 +1,100 @@
+// SIGTERM to a real server process while a sync runs: it stops accepting,
+// stops the sync after the grace period without publishing it, records the run
+// as failed, and exits within its bound; the previous version stays current
+// and the next run needs no cleanup. A sync killed while still reading leaves
+// nothing behind either.
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { rename } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { silentLogger } from '../../src/observability/log.js';
+import { listRuns, META_SCHEMA } from '../../src/stores/metadata.js';
+import { PostgresDatabase } from '../../src/stores/postgres.js';
+import { RedisHotTier } from '../../src/stores/redis.js';
+import { parseJobDefinition } from '../../src/jobs/definition.js';
+import { runSync } from '../../src/sync/engine.js';
+import { freshDatabase } from '../support/db.js';
+import { tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
+import { freePort, startRedis, type RedisServer } from '../support/servers.js';
+
+describe('shutdown and killed syncs', () => {
+  let redis: RedisServer;
+  let database: { url: string; drop(): Promise<void> };
+  let db: PostgresDatabase;
+  let hot: RedisHotTier;
+  let dir: string;
+  let source: string;
+  const rows = (n: number) => `SELECT 'k' || i AS id, TIMESTAMP '2026-01-01' AS t, i * 1.0 AS score FROM range(1, ${n + 1}) t(i)`;
+  const publish = async (n: number) => {
+    await writeParquet(path.join(dir, 'next.parquet'), rows(n));
+    await rename(path.join(dir, 'next.parquet'), source);
+  };
+  const current = async () => Number((await db.query<{ v: number }>(`SELECT current_version AS v FROM ${META_SCHEMA}.views WHERE view = 'stopping'`))[0]?.v);
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    database = await freshDatabase(inject('databaseUrl'), 'shutdown');
+    db = new PostgresDatabase({ url: database.url });
+    hot = new RedisHotTier({ url: redis.url, commandTimeoutMs: 5000 });
+    dir = await tempDir('shutdown');
+    source = path.join(dir, 'stopping.parquet');
+    await publish(100);
+    await writeJobs(dir, [{ view: 'stopping', source, entity_key: 'id', event_time: 't', features: { score: { type: 'double' } }, max_row_drop: 1 } as never]);
+    const job = parseJobDefinition(path.join(dir, 'stopping.yaml'), JSON.stringify({ view: 'stopping', source, entity_key: 'id', event_time: 't', features: { score: { type: 'double' } }, schedule: '0 0 * * *', freshness: '1d' }));
+    const { ensureSchema } = await import('../../src/stores/metadata.js');
+    await ensureSchema(db);
+    expect((await runSync(job, { db, hot, log: silentLogger, batchRows: 1000 }, 'manual')).status).toBe('succeeded');
+  });
+
+  afterAll(async () => {
+    await hot?.close();
+    await db?.close();
+    await redis?.destroy();
+    await database?.drop();
+  });
+
+  it('SIGTERM during a long sync: exits within the bound, publishes nothing, records the run as failed', async () => {
+    await publish(400_000);
+    const port = await freePort();
+    const server = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/server.ts')], {
+      env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, PORT: String(port), HOST: '127.0.0.1', SYNC_ON_START: 'true', SCHEDULER_ENABLED: 'false', SHUTDOWN_GRACE_SECONDS: '1', AUTH_MODE: 'open', LOG_LEVEL: 'silent' },
+      stdio: 'ignore',
+    });
+    // Wait until the start-up run is writing its version.
+    await expect
+      .poll(async () => (await listRuns(db, 'stopping', 1))[0], { timeout: 20_000, interval: 20 })
+      .toMatchObject({ status: 'running', trigger: 'startup', version: 2 });
+    const sent = performance.now();
+    server.kill('SIGTERM');
+    const [code] = (await once(server, 'exit')) as [number];
+    const took = performance.now() - sent;
+    expect(code).toBe(0);
+    expect(took).toBeLessThan(1000 + 5000);
+    const [run] = await listRuns(db, 'stopping', 1);
+    expect(run).toMatchObject({ status: 'failed', error: 'the server shut down before the run finished; nothing of it was published' });
+    expect(await current()).toBe(1);
+  });
+
+  it('a sync killed while still reading and checking leaves nothing, and the next run is clean', async () => {
+    await publish(2_000_000);
+    const child = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/cli/ctl.ts'), 'sync', 'stopping'], {
+      env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, LOG_LEVEL: 'silent' },
+      stdio: 'ignore',
+    });
+    // Running, but no version allocated yet: the read-and-check phase.
+    await expect.poll(async () => (await listRuns(db, 'stopping', 1))[0], { timeout: 20_000, interval: 10 }).toMatchObject({ status: 'running', version: null });
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    expect(await current()).toBe(1);
+    await publish(1000);
+    const job = parseJobDefinition(path.join(dir, 'stopping.yaml'), JSON.stringify({ view: 'stopping', source, entity_key: 'id', event_time: 't', features: { score: { type: 'double' } }, schedule: '0 0 * * *', freshness: '1d', max_row_drop: 1 }));
+    const next = await runSync(job, { db, hot, log: silentLogger, batchRows: 1000 }, 'manual');
+    expect(next.status).toBe('succeeded');
+    const runs = await listRuns(db, 'stopping', 10);
+    expect(runs.filter((r) => r.status === 'running')).toEqual([]);
+    expect(runs.some((r) => r.status === 'abandoned')).toBe(true);
+    const loading = await db.query(`SELECT 1 FROM ${META_SCHEMA}.versions WHERE view = 'stopping' AND state = 'loading'`);
+    expect(loading).toEqual([]);
+  });
+});
