@@ -76,6 +76,23 @@ describe('shutdown and killed syncs', () => {
     expect(await current()).toBe(1);
   });
 
+  it('a sync killed while Postgres builds the new version\'s index leaves version 1 current, and the next run cleans up', async () => {
+    await publish(600_000);
+    const child = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/cli/ctl.ts'), 'sync', 'stopping'], {
+      env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, LOG_LEVEL: 'silent' },
+      stdio: 'ignore',
+    });
+    // The index phase: the sync's connection is running ALTER TABLE … ADD PRIMARY KEY.
+    await expect
+      .poll(async () => (await db.query(`SELECT 1 FROM pg_stat_activity WHERE query LIKE 'ALTER TABLE%ADD PRIMARY KEY%' AND state = 'active'`)).length, { timeout: 60_000, interval: 5 })
+      .toBe(1);
+    child.kill('SIGKILL');
+    await once(child, 'exit');
+    expect(await current()).toBe(1);
+    const [run] = await listRuns(db, 'stopping', 1);
+    expect(run).toMatchObject({ status: 'running' });
+  });
+
   it('a sync killed while still reading and checking leaves nothing, and the next run is clean', async () => {
     await publish(2_000_000);
     const child = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/cli/ctl.ts'), 'sync', 'stopping'], {
