@@ -20,7 +20,8 @@ import { MemoryHotTier } from './stores/memory.js';
 import { ensureSchema } from './stores/metadata.js';
 import { PgliteDatabase } from './stores/pglite.js';
 import { PostgresDatabase } from './stores/postgres.js';
-import { FeatureReader } from './stores/reader.js';
+import { FeatureReader, type FeatureSource } from './stores/reader.js';
+import { ProcessCache } from './stores/process-cache.js';
 import { RateLimiter } from './stores/rate-limit.js';
 import { RedisHotTier } from './stores/redis.js';
 import { SyncRunner } from './sync/runner.js';
@@ -86,7 +87,8 @@ export async function startServer(config: Config, log: Logger = createLogger(con
           : [],
       ),
   }, config.slo.latencyThresholdMs / 1000);
-  const reader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, tracer: tracing.tracer, onHotError: () => metrics.hotTierErrors.inc(), onPostgresError: () => metrics.postgresErrors.inc() });
+  const tieredReader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, tracer: tracing.tracer, onHotError: () => metrics.hotTierErrors.inc(), onPostgresError: () => metrics.postgresErrors.inc() });
+  const reader: FeatureSource = config.processCacheEntries > 0 ? new ProcessCache(tieredReader, config.processCacheEntries) : tieredReader;
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');

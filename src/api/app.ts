@@ -2,15 +2,14 @@
 // the per-request log line), the route groups, and the one place where errors
 // become problem responses.
 import { Hono, type Context, type Next } from 'hono';
-import { requestId } from 'hono/request-id';
+import { randomUUID } from 'node:crypto';
 import { routePath } from 'hono/route';
-import { secureHeaders } from 'hono/secure-headers';
 import type { ApiKeys, KeyGrant } from '../stores/api-keys.js';
 import type { RateLimit, RateLimiter } from '../stores/rate-limit.js';
 import type { Catalog } from '../stores/catalog.js';
 import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
-import { StoreUnavailableError, type FeatureReader } from '../stores/reader.js';
+import { StoreUnavailableError, type FeatureSource } from '../stores/reader.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { SloTracker } from '../observability/slo.js';
@@ -25,7 +24,7 @@ import { ApiError, problemResponse } from './problem.js';
 
 export interface AppDeps {
   readonly catalog: Catalog;
-  readonly reader: FeatureReader;
+  readonly reader: FeatureSource;
   readonly db: Database;
   readonly hot: HotTier | null;
   readonly metrics: Metrics;
@@ -47,15 +46,34 @@ export interface AppDeps {
   readonly defaultRateLimit?: RateLimit;
 }
 
+/** Caller-sent request ids are kept only if short and plain, so they are safe in logs and headers. */
+const REQUEST_ID = /^[\w\-=]+$/;
+const SAFE_HEADERS = Object.freeze({
+  'X-Content-Type-Options': 'nosniff',
+  'X-Frame-Options': 'DENY',
+  'Referrer-Policy': 'no-referrer',
+  'Cross-Origin-Resource-Policy': 'same-site',
+});
+
 export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
   const { metrics, log } = deps;
 
+  // Every response's own headers: a request id (the caller's, when it sends a sane one) and the safe headers that
+  // matter for a JSON API. They go in a plain object that the feature routes hand to their Response as it is
+  // (see respond.ts); other responses get them merged in here, where a header the response set itself wins.
   app.use(async (c, next) => {
     c.set('startedAt', performance.now());
+    const incoming = c.req.header('Request-Id');
+    const id = incoming && incoming.length <= 64 && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    c.set('requestId', id);
+    const headers: Record<string, string> = { 'Request-Id': id, ...SAFE_HEADERS };
+    c.set('responseHeaders', headers);
     await next();
+    if (c.get('headersApplied')) return;
+    const own = c.res.headers;
+    for (const name in headers) if (!own.has(name)) own.set(name, headers[name]!);
   });
-  app.use(requestId({ headerName: 'Request-Id', limitLength: 64 }));
   const tracer = deps.tracing.tracer;
   if (tracer) {
     // A server span per request, continuing the caller's trace when it sends a traceparent.
@@ -75,22 +93,7 @@ export function createApp(deps: AppDeps): Hono {
       }
     });
   }
-  // The headers that matter for a JSON API; the browser-page ones only cost time per response.
-  app.use(
-    secureHeaders({
-      xContentTypeOptions: true,
-      xFrameOptions: 'DENY',
-      referrerPolicy: 'no-referrer',
-      crossOriginResourcePolicy: 'same-site',
-      strictTransportSecurity: false,
-      crossOriginOpenerPolicy: false,
-      originAgentCluster: false,
-      xDnsPrefetchControl: false,
-      xDownloadOptions: false,
-      xPermittedCrossDomainPolicies: false,
-      xXssProtection: false,
-    }),
-  );
+  const durationByLabels = new Map<string, { observe(value: number): void }>();
   app.use(async (c, next) => {
     const start = performance.now();
     await next();
@@ -99,7 +102,14 @@ export function createApp(deps: AppDeps): Hono {
     const last = routePath(c, -1);
     const route = last === '/*' || last === '*' ? 'unmatched' : last;
     if (route.startsWith('/features/v1/')) deps.slo.record(seconds * 1000, c.res.status >= 500);
-    metrics.requestDuration.observe({ http_request_method: c.req.method, http_route: route, http_response_status_code: String(c.res.status) }, seconds);
+    // One histogram child per (method, route, status): looking it up by its label values costs more than the observation.
+    const key = `${c.req.method} ${route} ${c.res.status}`;
+    let observer = durationByLabels.get(key);
+    if (!observer) {
+      observer = metrics.requestDuration.labels({ http_request_method: c.req.method, http_route: route, http_response_status_code: String(c.res.status) });
+      durationByLabels.set(key, observer);
+    }
+    observer.observe(seconds);
     const level = c.res.status >= 500 ? 'warn' : (deps.requestLogLevel ?? 'debug');
     if (!log.enabled(level)) return;
     const traceId = tracer ? trace.getActiveSpan()?.spanContext().traceId : undefined;
@@ -110,8 +120,8 @@ export function createApp(deps: AppDeps): Hono {
       route,
       status: c.res.status,
       duration_ms: Math.round(seconds * 1e5) / 100,
-      tier: c.res.headers.get('Feature-Tier') ?? undefined,
-      server_timing: c.res.headers.get('Server-Timing') ?? undefined,
+      tier: c.get('responseHeaders')['Feature-Tier'],
+      server_timing: c.get('responseHeaders')['Server-Timing'],
     };
     log[level]('http.request', fields);
   });
@@ -130,16 +140,12 @@ export function createApp(deps: AppDeps): Hono {
         const limit = grant.rate ?? deps.defaultRateLimit ?? { perSecond: 1000, burst: 2000 };
         const decision = await deps.rateLimiter.take(grant.keyId, limit);
         // IETF RateLimit fields: the policy (quota per window) and what is left of it now.
-        const headers = {
-          'RateLimit-Policy': `"per-key";q=${decision.burst};w=${decision.windowSeconds}`,
-          RateLimit: `"per-key";r=${decision.remaining};t=${decision.retryAfterSeconds}`,
-        };
+        const headers = c.get('responseHeaders');
+        headers['RateLimit-Policy'] = `"per-key";q=${decision.burst};w=${decision.windowSeconds}`;
+        headers.RateLimit = `"per-key";r=${decision.remaining};t=${decision.retryAfterSeconds}`;
         if (!decision.allowed) {
-          throw new ApiError('rate-limited', `API key "${grant.name}" is over its limit of ${limit.perSecond} requests per second (burst ${limit.burst}); retry after ${decision.retryAfterSeconds} s`, {}, { ...headers, 'Retry-After': String(decision.retryAfterSeconds) });
+          throw new ApiError('rate-limited', `API key "${grant.name}" is over its limit of ${limit.perSecond} requests per second (burst ${limit.burst}); retry after ${decision.retryAfterSeconds} s`, {}, { 'Retry-After': String(decision.retryAfterSeconds) });
         }
-        await next();
-        for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
-        return;
       }
       await next();
     };
@@ -189,5 +195,10 @@ declare module 'hono' {
     startedAt: number;
     /** The caller's API key grant; unset when access is open. */
     grant: KeyGrant | undefined;
+    requestId: string;
+    /** Headers of this request's response, filled by middleware and routes as they learn them. */
+    responseHeaders: Record<string, string>;
+    /** The response was made with responseHeaders already (respond.ts); nothing to merge. */
+    headersApplied: boolean;
   }
 }

@@ -7,14 +7,15 @@ import { z } from 'zod';
 import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
 import { mayRead, type KeyGrant } from '../stores/api-keys.js';
 import type { Catalog, ServedVersion, ServedView } from '../stores/catalog.js';
-import { StoreUnavailableError, VersionGoneError, type FeatureReader, type FeatureRow, type ReadResult } from '../stores/reader.js';
+import { StoreUnavailableError, VersionGoneError, type FeatureSource, type FeatureRow, type ReadResult } from '../stores/reader.js';
 import type { Metrics } from '../observability/metrics.js';
 import { deprecationHeaders, entityTag, freshnessHeaders, freshnessOf, matchesIfNoneMatch } from './freshness.js';
 import { ApiError } from './problem.js';
+import { respondJson, responseHeaders } from './respond.js';
 
 export interface FeatureRouteDeps {
   readonly catalog: Catalog;
-  readonly reader: FeatureReader;
+  readonly reader: FeatureSource;
   readonly metrics: Metrics;
   readonly batchMaxIds: number;
   /** A lookup's budget; a read still unanswered then becomes a 503. */
@@ -172,24 +173,29 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       ({ view, version, row, result } = await resolveView(entityId, grant));
     }
     const selection = selectFeatures(version, featureNames);
-    c.header('Feature-Tier', result.tier);
-    c.header('Server-Timing', serverTiming(result, c.get('startedAt')));
+    const headers = responseHeaders(c);
+    headers['Feature-Tier'] = result.tier;
+    headers['Server-Timing'] = serverTiming(result, c.get('startedAt'));
     if (!row) throw new ApiError('entity-not-found', `view "${view.job.view}" has no entity "${entityId}" in version ${version.version}`);
 
     const now = Date.now();
     const meta = freshnessOf(view, version, now);
-    const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view, now), now), ...deprecationHeaders(view.job.deprecated, entityId) };
+    freshnessHeaders(headers, view, version, meta, catalog.nextRun(view.job.view, now), now);
+    if (view.job.deprecated) deprecationHeaders(headers, view.job.deprecated, entityId);
     const etag = entityTag(version, entityId, selection?.names ?? null);
-    for (const [name, value] of Object.entries(headers)) c.header(name, value);
-    c.header('ETag', etag);
-    if (matchesIfNoneMatch(c.req.header('If-None-Match'), etag)) return c.body(null, 304);
-    return c.json({
-      view: view.job.view,
-      entity_id: entityId,
-      event_time: row.eventTime,
-      features: featureObject(version, row, selection),
-      metadata: meta,
-    });
+    headers.ETag = etag;
+    if (matchesIfNoneMatch(c.req.header('If-None-Match'), etag)) return respondJson(c, 304, null);
+    return respondJson(
+      c,
+      200,
+      JSON.stringify({
+        view: view.job.view,
+        entity_id: entityId,
+        event_time: row.eventTime,
+        features: featureObject(version, row, selection),
+        metadata: meta,
+      }),
+    );
   });
 
   const batchBody = z.strictObject({
@@ -239,22 +245,27 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       const byId = new Map(unique.map((id, i) => [id, result.rows[i] ?? null]));
       const now = Date.now();
       const meta = freshnessOf(view, version, now);
-      const headers = { ...freshnessHeaders(view, meta, catalog.nextRun(view.job.view, now), now), ...deprecationHeaders(view.job.deprecated) };
-      for (const [name, value] of Object.entries(headers)) c.header(name, value);
+      const headers = responseHeaders(c);
+      freshnessHeaders(headers, view, version, meta, catalog.nextRun(view.job.view, now), now);
+      if (view.job.deprecated) deprecationHeaders(headers, view.job.deprecated);
       // A POST answer is not reusable: the freshness headers inform, they do not license caching.
-      c.header('Cache-Control', 'no-store');
-      c.header('Feature-Tier', result.tier);
-      c.header('Server-Timing', serverTiming(result, c.get('startedAt')));
-      return c.json({
-        view: view.job.view,
-        metadata: meta,
-        results: ids.map((id) => {
-          const row = byId.get(id);
-          return row
-            ? { entity_id: id, status: 'PRESENT' as const, event_time: row.eventTime, features: featureObject(version, row, selection) }
-            : { entity_id: id, status: 'NOT_FOUND' as const };
+      headers['Cache-Control'] = 'no-store';
+      headers['Feature-Tier'] = result.tier;
+      headers['Server-Timing'] = serverTiming(result, c.get('startedAt'));
+      return respondJson(
+        c,
+        200,
+        JSON.stringify({
+          view: view.job.view,
+          metadata: meta,
+          results: ids.map((id) => {
+            const row = byId.get(id);
+            return row
+              ? { entity_id: id, status: 'PRESENT' as const, event_time: row.eventTime, features: featureObject(version, row, selection) }
+              : { entity_id: id, status: 'NOT_FOUND' as const };
+          }),
         }),
-      });
+      );
     },
   );
 

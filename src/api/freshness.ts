@@ -12,14 +12,33 @@ export interface FreshnessMetadata {
   readonly fresh: boolean;
 }
 
+/** What a version's responses say that does not change while it is served, worked out once per version. */
+interface VersionTexts {
+  readonly asOfMs: number;
+  readonly publishedAt: string;
+  readonly lastModified: string;
+  readonly version: string;
+}
+const versionTexts = new WeakMap<ServedVersion, VersionTexts>();
+
+function textsOf(version: ServedVersion): VersionTexts {
+  let texts = versionTexts.get(version);
+  if (!texts) {
+    // An empty version has no event time; its data is as old as its publication.
+    const asOfMs = version.asOfMs ?? version.publishedAt.getTime();
+    texts = { asOfMs, publishedAt: version.publishedAt.toISOString(), lastModified: new Date(asOfMs).toUTCString(), version: String(version.version) };
+    versionTexts.set(version, texts);
+  }
+  return texts;
+}
+
 export function freshnessOf(view: ServedView, version: ServedVersion, now: number): FreshnessMetadata {
-  // An empty version has no event time; its data is as old as its publication.
-  const asOfMs = version.asOfMs ?? version.publishedAt.getTime();
-  const age = Math.max(0, Math.floor((now - asOfMs) / 1000));
+  const texts = textsOf(version);
+  const age = Math.max(0, Math.floor((now - texts.asOfMs) / 1000));
   return {
     version: version.version,
     as_of: version.asOf,
-    published_at: version.publishedAt.toISOString(),
+    published_at: texts.publishedAt,
     age_seconds: age,
     freshness_objective_seconds: view.job.freshnessSeconds,
     fresh: age <= view.job.freshnessSeconds,
@@ -31,19 +50,17 @@ export function freshnessOf(view: ServedView, version: ServedVersion, now: numbe
  * tells caches how long a response sat in a cache). Cache-Control lets a
  * client keep a fresh answer until the next scheduled sync could replace it.
  */
-export function freshnessHeaders(view: ServedView, meta: FreshnessMetadata, nextRun: Date | null, now: number): Record<string, string> {
-  const asOfMs = meta.as_of ? Date.parse(meta.as_of) : Date.parse(meta.published_at);
+export function freshnessHeaders(headers: Record<string, string>, view: ServedView, version: ServedVersion, meta: FreshnessMetadata, nextRun: Date | null, now: number): void {
+  const texts = textsOf(version);
   const untilNextRun = nextRun ? Math.max(0, Math.floor((nextRun.getTime() - now) / 1000)) : 0;
-  return {
-    'Last-Modified': new Date(asOfMs).toUTCString(),
-    'Cache-Control': meta.fresh ? `private, max-age=${untilNextRun}` : 'private, no-cache',
-    'Feature-View': view.job.view,
-    'Feature-Version': String(meta.version),
-    'Feature-As-Of': meta.as_of ?? meta.published_at,
-    'Feature-Age': String(meta.age_seconds),
-    'Feature-Freshness': meta.fresh ? 'fresh' : 'stale',
-    'Feature-Freshness-Objective': String(meta.freshness_objective_seconds),
-  };
+  headers['Last-Modified'] = texts.lastModified;
+  headers['Cache-Control'] = meta.fresh ? `private, max-age=${untilNextRun}` : 'private, no-cache';
+  headers['Feature-View'] = view.job.view;
+  headers['Feature-Version'] = texts.version;
+  headers['Feature-As-Of'] = meta.as_of ?? meta.published_at;
+  headers['Feature-Age'] = String(meta.age_seconds);
+  headers['Feature-Freshness'] = meta.fresh ? 'fresh' : 'stale';
+  headers['Feature-Freshness-Objective'] = String(meta.freshness_objective_seconds);
 }
 
 /** 32-bit FNV-1a, hex: enough to tell apart representations of one URL. */
@@ -72,15 +89,11 @@ export function matchesIfNoneMatch(header: string | undefined, etag: string): bo
  * Headers of a deprecated view: Deprecation (RFC 9745, a structured-field
  * date), Sunset (RFC 8594, an HTTP date) and a Link to its successor.
  */
-export function deprecationHeaders(deprecated: Deprecation | undefined, entityId?: string): Record<string, string> {
-  if (!deprecated) return {};
-  const headers: Record<string, string> = {
-    Deprecation: `@${Math.floor(deprecated.since.getTime() / 1000)}`,
-    Sunset: deprecated.sunset.toUTCString(),
-  };
+export function deprecationHeaders(headers: Record<string, string>, deprecated: Deprecation, entityId?: string): void {
+  headers.Deprecation = `@${Math.floor(deprecated.since.getTime() / 1000)}`;
+  headers.Sunset = deprecated.sunset.toUTCString();
   if (deprecated.successor) {
     const target = entityId ? `/features/v1/${encodeURIComponent(entityId)}?view=${deprecated.successor}` : `/features/v1/batch`;
     headers.Link = `<${target}>; rel="successor-version"`;
   }
-  return headers;
 }

@@ -36,6 +36,7 @@ const envSchema = z.object({
   RATE_LIMIT_BURST: positiveInt.default(2000),
   AUTH_MODE: z.enum(['keys', 'open'], { error: () => 'expected keys or open' }).optional(),
   REDIS_FILL_TTL_SECONDS: positiveInt.default(86_400),
+  PROCESS_CACHE_ENTRIES: z.coerce.number().int().min(0).max(50_000_000).default(0),
   REDIS_RETRY_AFTER_MS: positiveInt.default(1000),
   SLO_LATENCY_THRESHOLD_MS: z.coerce.number().positive().default(10),
   SLO_LATENCY_TARGET: z.coerce.number().gt(0).lt(1).default(0.99),
@@ -84,6 +85,8 @@ export interface Config {
   /** Default per-key token bucket (a key may carry its own). */
   readonly rateLimit: { readonly perSecond: number; readonly burst: number };
   readonly redisFillTtlSeconds: number;
+  /** Rows per served view kept in this process in front of Redis (0: off; the embedded mode's hot tier is in-process already). */
+  readonly processCacheEntries: number;
   /** After a Redis failure, how long lookups skip it before trying again. */
   readonly redisRetryAfterMs: number;
   readonly slo: SloConfig;
@@ -144,6 +147,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     authMode: e.AUTH_MODE ?? (embedded ? 'open' : 'keys'),
     rateLimit: Object.freeze({ perSecond: e.RATE_LIMIT_PER_SECOND, burst: e.RATE_LIMIT_BURST }),
     redisFillTtlSeconds: e.REDIS_FILL_TTL_SECONDS,
+    processCacheEntries: embedded ? 0 : e.PROCESS_CACHE_ENTRIES,
     redisRetryAfterMs: e.REDIS_RETRY_AFTER_MS,
     slo: Object.freeze({
       latencyThresholdMs: e.SLO_LATENCY_THRESHOLD_MS,

@@ -311,6 +311,28 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     expect(after.data!.results).toEqual(before.data!.results);
   });
 
+  it('puts a request id and the safe headers on every kind of response, keeping a sane caller-sent id', async () => {
+    const responses = [
+      await fetch(`${baseUrl}/features/v1/e000001?view=items`),
+      await fetch(`${baseUrl}/features/v1/e000001?view=items`, { headers: { 'If-None-Match': (await fetch(`${baseUrl}/features/v1/e000001?view=items`)).headers.get('ETag')! } }),
+      await fetch(`${baseUrl}/features/v1/nope?view=items`),
+      await fetch(`${baseUrl}/features/v1/batch`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"view":"items","entity_ids":["e000001"]}' }),
+      await fetch(`${baseUrl}/healthz`),
+      await fetch(`${baseUrl}/no/such/route`),
+    ];
+    expect(responses.map((r) => r.status)).toEqual([200, 304, 404, 200, 200, 404]);
+    for (const response of responses) {
+      expect(response.headers.get('X-Content-Type-Options')).toBe('nosniff');
+      expect(response.headers.get('X-Frame-Options')).toBe('DENY');
+      expect(response.headers.get('Request-Id')).toMatch(/^[0-9a-f-]{36}$/);
+      expect(response.headers.get('X-Powered-By')).toBeNull();
+    }
+    const kept = await fetch(`${baseUrl}/features/v1/e000001?view=items`, { headers: { 'Request-Id': 'caller-abc_123' } });
+    expect(kept.headers.get('Request-Id')).toBe('caller-abc_123');
+    const replaced = await fetch(`${baseUrl}/features/v1/e000001?view=items`, { headers: { 'Request-Id': 'bad id <script>' } });
+    expect(replaced.headers.get('Request-Id')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
   it('describes the sync jobs and their runs', async () => {
     const jobs = await client.GET('/sync/v1/jobs');
     expect(jobs.response.status).toBe(200);
