@@ -72,11 +72,45 @@ function selectFeatures(version: ServedVersion, names: readonly string[] | undef
   return { names: unique, indexes: unique.map((n) => version.featureIndex.get(n)!) };
 }
 
-function featureObject(version: ServedVersion, row: FeatureRow, selection: { names: string[]; indexes: number[] } | null): Record<string, unknown> {
-  const features: Record<string, unknown> = {};
-  if (selection) selection.names.forEach((name, i) => (features[name] = row.values[selection.indexes[i]!] ?? null));
-  else version.features.forEach((f, i) => (features[f.name] = row.values[i] ?? null));
-  return features;
+/** `{"name":` / `,"name":` for each feature of a version, made once per version. */
+const namePrefixes = new WeakMap<ServedVersion, string[]>();
+
+function prefixesFor(names: readonly string[]): string[] {
+  return names.map((name, i) => `${i ? ',' : '{'}${JSON.stringify(name)}:`);
+}
+
+/** One stored value as JSON text. Stored values are scalars: numbers (finite: the sync refuses NaN and ±Infinity), strings, booleans, null. */
+function valueJson(value: unknown): string {
+  switch (typeof value) {
+    case 'number':
+      return Number.isFinite(value) ? String(value) : 'null';
+    case 'string':
+      return JSON.stringify(value);
+    case 'boolean':
+      return value ? 'true' : 'false';
+    default:
+      return value === null || value === undefined ? 'null' : (JSON.stringify(value) ?? 'null');
+  }
+}
+
+/**
+ * The `features` object of a row as JSON text, written straight from the stored values in the version's order:
+ * no intermediate object per entity (a batch of 100 spent more time building and serialising those than reading them).
+ */
+function featuresJson(version: ServedVersion, row: FeatureRow, selection: { names: string[]; indexes: number[] } | null): string {
+  let out = '';
+  if (selection) {
+    const prefixes = prefixesFor(selection.names);
+    for (let i = 0; i < prefixes.length; i++) out += prefixes[i]! + valueJson(row.values[selection.indexes[i]!]);
+  } else {
+    let prefixes = namePrefixes.get(version);
+    if (!prefixes) {
+      prefixes = prefixesFor(version.features.map((f) => f.name));
+      namePrefixes.set(version, prefixes);
+    }
+    for (let i = 0; i < prefixes.length; i++) out += prefixes[i]! + valueJson(row.values[i]);
+  }
+  return out ? `${out}}` : '{}';
 }
 
 /** Where a lookup's time went: each store read, and the whole request so far. */
@@ -188,13 +222,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
     return respondJson(
       c,
       200,
-      JSON.stringify({
-        view: view.job.view,
-        entity_id: entityId,
-        event_time: row.eventTime,
-        features: featureObject(version, row, selection),
-        metadata: meta,
-      }),
+      `{"view":${JSON.stringify(view.job.view)},"entity_id":${JSON.stringify(entityId)},"event_time":${JSON.stringify(row.eventTime)},"features":${featuresJson(version, row, selection)},"metadata":${JSON.stringify(meta)}}`,
     );
   });
 
@@ -252,20 +280,16 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       headers['Cache-Control'] = 'no-store';
       headers['Feature-Tier'] = result.tier;
       headers['Server-Timing'] = serverTiming(result, c.get('startedAt'));
-      return respondJson(
-        c,
-        200,
-        JSON.stringify({
-          view: view.job.view,
-          metadata: meta,
-          results: ids.map((id) => {
-            const row = byId.get(id);
-            return row
-              ? { entity_id: id, status: 'PRESENT' as const, event_time: row.eventTime, features: featureObject(version, row, selection) }
-              : { entity_id: id, status: 'NOT_FOUND' as const };
-          }),
-        }),
-      );
+      let results = '';
+      for (let i = 0; i < ids.length; i++) {
+        const id = ids[i]!;
+        const row = byId.get(id);
+        if (i) results += ',';
+        results += row
+          ? `{"entity_id":${JSON.stringify(id)},"status":"PRESENT","event_time":${JSON.stringify(row.eventTime)},"features":${featuresJson(version, row, selection)}}`
+          : `{"entity_id":${JSON.stringify(id)},"status":"NOT_FOUND"}`;
+      }
+      return respondJson(c, 200, `{"view":${JSON.stringify(view.job.view)},"metadata":${JSON.stringify(meta)},"results":[${results}]}`);
     },
   );
 
