@@ -24,12 +24,27 @@ export interface PostgresOptions {
   readonly clientTimeoutMs?: number;
 }
 
+/**
+ * A lost connection (a socket error, not an SQL error) says that it was Postgres that went away; the code stays, so
+ * callers still see it as transient. SQL errors pass unchanged.
+ */
+function connectionLost(error: unknown): unknown {
+  const e = error as { code?: string; message?: string; severity?: string };
+  if (e?.severity !== undefined || typeof e?.message !== 'string') return error;
+  if (!/^E[A-Z]+$/.test(e.code ?? '') && !/Connection terminated|timeout/i.test(e.message)) return error;
+  return Object.assign(new Error(`Postgres connection lost or timed out: ${e.message}`, { cause: error }), { code: e.code });
+}
+
 async function runQuery<R>(client: pg.Pool | pg.PoolClient, text: string, params: readonly unknown[] | undefined, options: QueryOptions | undefined): Promise<R[]> {
   const config: pg.QueryConfig = { text, values: params as unknown[] | undefined };
   if (options?.name) config.name = options.name;
   if (options?.rowMode) (config as pg.QueryArrayConfig).rowMode = 'array';
-  const result = await client.query(config);
-  return result.rows as R[];
+  try {
+    const result = await client.query(config);
+    return result.rows as R[];
+  } catch (error) {
+    throw connectionLost(error);
+  }
 }
 
 export class PostgresDatabase implements Database {
@@ -77,13 +92,18 @@ export class PostgresDatabase implements Database {
     await client.query('SET statement_timeout = 0');
     const stream = client.query(copyFrom(`COPY ${table} (${columns.map(quoteIdent).join(', ')}) FROM STDIN WITH (FORMAT csv)`));
     let failure: Error | undefined;
-    stream.on('error', (error: Error) => {
-      failure = error;
-    });
+    // Failures say where they happened; the original code stays, so connection losses are still retried.
+    const fail = (error: Error) => (failure ??= Object.assign(new Error(`Postgres failed during COPY into ${table}: ${error.message}`, { cause: error }), { code: (error as { code?: string }).code }));
+    stream.on('error', fail);
+    // A server lost mid-COPY is reported on the client (EPIPE, reset); unheard, that event would kill the process
+    // instead of failing the run with the reason. The stream is ended with it, so a write waiting to drain wakes.
+    const onClientError = (error: Error) => stream.destroy(fail(error));
+    client.on('error', onClientError);
     let released = false;
     const release = (error?: Error) => {
       if (released) return;
       released = true;
+      client.off('error', onClientError);
       // A connection whose COPY broke is not returned to the pool.
       client.release(error ?? true);
     };
@@ -91,7 +111,8 @@ export class PostgresDatabase implements Database {
       async write(csv) {
         if (failure) throw failure;
         if (!stream.write(csv)) {
-          await Promise.race([once(stream, 'drain'), once(stream, 'error')]);
+          // once() rejects with the raw error; the described one is in `failure`.
+          await Promise.race([once(stream, 'drain'), once(stream, 'error')]).catch(() => undefined);
           if (failure) throw failure;
         }
       },
@@ -102,13 +123,14 @@ export class PostgresDatabase implements Database {
           await once(stream, 'finish');
         } catch (error) {
           release(error as Error);
-          throw error;
+          throw fail(error as Error);
         }
         if (failure) {
           release(failure);
           throw failure;
         }
         released = true;
+        client.off('error', onClientError);
         client.release();
         return Number(stream.rowCount);
       },
@@ -122,6 +144,12 @@ export class PostgresDatabase implements Database {
   async withAdvisoryLock<T>(key: string, fn: () => Promise<T>): Promise<LockResult<T>> {
     const client = await this.pool.connect();
     let broken: Error | undefined;
+    // The lock's connection sits idle while fn runs; if the server goes, its error must not kill the process:
+    // fn's own queries fail and say why, and the lost session has released the lock.
+    const onClientError = (error: Error) => {
+      broken ??= error;
+    };
+    client.on('error', onClientError);
     try {
       const [row] = (await client.query('SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS ok', [key])).rows as { ok: boolean }[];
       if (!row?.ok) return { acquired: false };
@@ -134,6 +162,7 @@ export class PostgresDatabase implements Database {
       }
     } finally {
       // If unlocking failed, dropping the connection is what releases the lock.
+      client.off('error', onClientError);
       client.release(broken ?? undefined);
     }
   }

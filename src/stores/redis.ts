@@ -41,6 +41,15 @@ export class RedisHotTier implements HotTier {
 
   async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
     if (entries.length === 0) return;
+    try {
+      await this.write(entries, ttlSeconds);
+    } catch (error) {
+      // Say which store failed; keep the code, so connection losses are still seen as transient.
+      throw Object.assign(new Error(`Redis did not take a write of ${entries.length} entries: ${(error as Error).message}`, { cause: error }), { code: (error as { code?: string }).code });
+    }
+  }
+
+  private async write(entries: readonly (readonly [string, string])[], ttlSeconds: number | undefined): Promise<void> {
     if (ttlSeconds) {
       const pipeline = this.client.pipeline();
       for (const [key, value] of entries) pipeline.set(key, value, 'EX', ttlSeconds);
