@@ -244,6 +244,58 @@ describe('Postgres read replicas', () => {
     await expect.poll(async () => (await coldBatch(routed, ids(10, 5)), (await reads(replicaB)) > bReads), { timeout: 20_000, interval: 50 }).toBe(true);
   });
 
+  it('a frozen replica costs the requests that meet it part of their budget, never an error, and is used again once it thaws', async () => {
+    // B (restarted above) is used again; now A stops answering without closing anything.
+    await redisClient.flushall();
+    const avoided = async () => (await skips(replicaA, 'failed')) + (await skips(replicaA, 'down'));
+    const avoidedBefore = await avoided();
+    replicaA.freeze();
+    let outcomes: { id: number; status: number; n: number | undefined }[];
+    try {
+      outcomes = await Promise.all(
+        Array.from({ length: 4 }, async (_, worker) => {
+          const mine: { id: number; status: number; n: number | undefined }[] = [];
+          for (let id = 1 + worker; id <= 200; id += 4) {
+            const response = await fetch(`http://127.0.0.1:${routed.port}/features/v1/k${id}?view=rep`);
+            const body = (await response.json()) as { features?: { n: number } };
+            mine.push({ id, status: response.status, n: body.features?.n });
+          }
+          return mine;
+        }),
+      ).then((parts) => parts.flat());
+    } finally {
+      replicaA.thaw();
+    }
+    expect(outcomes).toHaveLength(200);
+    expect(outcomes.filter((o) => o.status !== 200 || o.n !== o.id * 1000 + 2)).toEqual([]);
+    // It was met (a read timed out on it) and then passed over as down.
+    expect(await avoided()).toBeGreaterThan(avoidedBefore);
+    const aReads = await reads(replicaA);
+    await expect.poll(async () => (await coldBatch(routed, ids(20, 5)), (await reads(replicaA)) > aReads), { timeout: 20_000, interval: 50 }).toBe(true);
+  });
+
+  it('with the primary stopped, the replicas still answer what the hot tier misses, for the version already served', async () => {
+    await redisClient.flushall();
+    await primary.stop();
+    try {
+      for (let i = 0; i < 10; i++) {
+        const { status, body } = await coldBatch(routed, ids(1 + i * 100, 40));
+        expect(status).toBe(200);
+        expect(body.metadata.version).toBe(2);
+        for (const r of body.results) expect(r.features).toMatchObject(expected(r.entity_id, 2));
+      }
+      const ready = (await (await fetch(`http://127.0.0.1:${routed.port}/readyz`)).json()) as { status: string; checks: { postgres: string } };
+      expect(ready).toMatchObject({ status: 'degraded', checks: { postgres: 'unreachable' } });
+    } finally {
+      await primary.start();
+    }
+    // And publishing works again once it is back, with the replicas following.
+    expect(await publish(3)).toBe(3);
+    const { body } = await coldBatch(routed, ids(1, 30));
+    expect(body.metadata.version).toBe(3);
+    for (const r of body.results) expect(r.features).toMatchObject(expected(r.entity_id, 3));
+  });
+
   it('refuses replicas without a primary, and malformed replica URLs', () => {
     expect(() => loadConfig({ DATABASE_REPLICA_URLS: 'postgres://r1/db' })).toThrow(/DATABASE_REPLICA_URLS is set without DATABASE_URL/);
     expect(() => loadConfig({ DATABASE_URL: 'postgres://p/db', REDIS_URL: 'redis://r', DATABASE_REPLICA_URLS: 'postgres://r1/db,not a url' })).toThrow(/DATABASE_REPLICA_URLS/);
