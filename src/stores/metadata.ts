@@ -75,8 +75,8 @@ export const VERSIONS_CHANNEL = 'featurestore_versions';
 // a replica that shows generation G for a view has replayed that switch's
 // commit and so everything written before it, the version's table included.
 // Kept in triggers so no writer can switch readers without both.
+const GENERATION_COLUMN_SQL = `ALTER TABLE ${META_SCHEMA}.views ADD COLUMN IF NOT EXISTS generation bigint NOT NULL DEFAULT 1`;
 const SWITCH_SQL = [
-  `ALTER TABLE ${META_SCHEMA}.views ADD COLUMN IF NOT EXISTS generation bigint NOT NULL DEFAULT 1`,
   `CREATE OR REPLACE FUNCTION ${META_SCHEMA}.views_next_generation() RETURNS trigger LANGUAGE plpgsql AS $$
    BEGIN
      NEW.generation := OLD.generation + 1;
@@ -98,6 +98,11 @@ export async function ensureSchema(db: Database): Promise<void> {
     for (const statement of SCHEMA_SQL.split(';').map((s) => s.trim()).filter(Boolean)) {
       await tx.query(statement);
     }
+    // ALTER TABLE locks the table exclusively (on replicas too) even when the column exists: only when it is missing.
+    const [column] = await tx.query(
+      `SELECT 1 FROM information_schema.columns WHERE table_schema = '${META_SCHEMA}' AND table_name = 'views' AND column_name = 'generation'`,
+    );
+    if (!column) await tx.query(GENERATION_COLUMN_SQL);
     for (const statement of SWITCH_SQL) await tx.query(statement);
   });
 }

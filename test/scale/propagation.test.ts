@@ -6,8 +6,8 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server.js';
-import { META_SCHEMA, rollbackView } from '../../src/stores/metadata.js';
-import { PostgresDatabase } from '../../src/stores/postgres.js';
+import { ensureSchema, META_SCHEMA, rollbackView, VERSIONS_CHANNEL } from '../../src/stores/metadata.js';
+import { NotificationListener, PostgresDatabase } from '../../src/stores/postgres.js';
 import { jobLockKey } from '../../src/sync/engine.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
@@ -153,5 +153,36 @@ describe('several API processes', () => {
     const [row] = await admin.query<{ generation: number; current_version: number }>(`SELECT generation, current_version FROM ${META_SCHEMA}.views WHERE view = 'prop'`);
     expect(row).toEqual({ generation: 7, current_version: 6 });
     console.log(`propagation: ${latencies.length} switches seen by other processes, max ${Math.max(...latencies).toFixed(1)} ms, median ${[...latencies].sort((a, b) => a - b)[Math.floor(latencies.length / 2)]!.toFixed(1)} ms`);
+  });
+});
+
+describe('an existing database', () => {
+  it('gains switch generations and notifications, keeping its current versions, however often the schema is ensured', async () => {
+    const database = await freshDatabase(inject('databaseUrl'), 'upgrade');
+    const db = new PostgresDatabase({ url: database.url });
+    const payloads: string[] = [];
+    const listener = new NotificationListener({ url: database.url, channel: VERSIONS_CHANNEL, onNotification: (p) => payloads.push(p), onListening: () => undefined });
+    try {
+      // The views table as it was before generations.
+      await db.query(`CREATE SCHEMA ${META_SCHEMA}`);
+      await db.query(`CREATE TABLE ${META_SCHEMA}.views (view text PRIMARY KEY, current_version bigint NOT NULL, previous_version bigint, switched_at timestamptz NOT NULL)`);
+      await db.query(`INSERT INTO ${META_SCHEMA}.views VALUES ('old', 3, 2, now())`);
+      await ensureSchema(db);
+      await ensureSchema(db);
+      expect(await db.query(`SELECT view, current_version, previous_version, generation FROM ${META_SCHEMA}.views`)).toEqual([{ view: 'old', current_version: 3, previous_version: 2, generation: 1 }]);
+      listener.start();
+      await expect.poll(() => listener.listening, { timeout: 10_000 }).toBe(true);
+      await db.query(`UPDATE ${META_SCHEMA}.views SET current_version = 4, previous_version = 3, switched_at = now() WHERE view = 'old'`);
+      await db.query(`INSERT INTO ${META_SCHEMA}.views VALUES ('new', 1, NULL, now())`);
+      expect(await db.query(`SELECT view, generation FROM ${META_SCHEMA}.views ORDER BY view`)).toEqual([
+        { view: 'new', generation: 1 },
+        { view: 'old', generation: 2 },
+      ]);
+      await expect.poll(() => payloads, { timeout: 10_000 }).toEqual(['old 2', 'new 1']);
+    } finally {
+      await listener.close();
+      await db.close();
+      await database.drop();
+    }
   });
 });
