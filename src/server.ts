@@ -17,9 +17,9 @@ import { Catalog } from './stores/catalog.js';
 import type { Database } from './stores/database.js';
 import type { HotTier } from './stores/hot-tier.js';
 import { MemoryHotTier } from './stores/memory.js';
-import { ensureSchema } from './stores/metadata.js';
+import { ensureSchema, VERSIONS_CHANNEL } from './stores/metadata.js';
 import { PgliteDatabase } from './stores/pglite.js';
-import { PostgresDatabase } from './stores/postgres.js';
+import { NotificationListener, PostgresDatabase, ReplicaSet } from './stores/postgres.js';
 import { FeatureReader, type FeatureSource } from './stores/reader.js';
 import { ProcessCache } from './stores/process-cache.js';
 import { RateLimiter } from './stores/rate-limit.js';
@@ -75,6 +75,18 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const catalog = new Catalog(db, jobs);
   await catalog.refresh();
   catalog.start(config.catalogRefreshMs);
+  // Every process learns of a switch by any other (publish, rollback) from the primary's NOTIFY at its commit;
+  // polling stays as the fallback while the listening connection is down. Embedded mode is one process.
+  const listener = config.embedded
+    ? undefined
+    : new NotificationListener({
+        url: config.databaseUrl!,
+        channel: VERSIONS_CHANNEL,
+        onNotification: () => void catalog.refresh().catch(() => undefined),
+        onListening: () => void catalog.refresh().catch(() => undefined),
+        onLost: (error) => log.warn('catalog.listen_lost', { error, message: `new versions are learned by polling every ${config.catalogRefreshMs} ms until it reconnects` }),
+      });
+  listener?.start();
   // New and revoked keys take effect within the same interval as new versions.
   const keyRefresh = apiKeys ? setInterval(() => void apiKeys!.refresh().catch(() => undefined), config.catalogRefreshMs).unref() : undefined;
   const slo = new SloTracker(config.slo);
@@ -87,20 +99,34 @@ export async function startServer(config: Config, log: Logger = createLogger(con
           : [],
       ),
   }, config.slo.latencyThresholdMs / 1000);
-  const tieredReader = new FeatureReader(db, hot, { fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, tracer: tracing.tracer, onHotError: () => metrics.hotTierErrors.inc(), onPostgresError: () => metrics.postgresErrors.inc() });
+  // A replica gets a third of the lookup budget, so a frozen one leaves time for the primary.
+  const replicas = config.databaseReplicaUrls.length
+    ? new ReplicaSet({
+        urls: config.databaseReplicaUrls,
+        primary: db,
+        pollMs: config.replicaPollMs,
+        clientTimeoutMs: Math.max(50, Math.floor(config.requestTimeoutMs / 3)),
+        statementTimeoutMs: config.requestTimeoutMs,
+        maxConnections: 20,
+        onRead: (replica) => metrics.replicaReads.inc({ replica }),
+        onSkip: (replica, reason) => metrics.replicaSkips.inc({ replica, reason }),
+      })
+    : undefined;
+  await replicas?.start();
+  const tieredReader = new FeatureReader(db, hot, { replicas, fillTtlSeconds: config.redisFillTtlSeconds, hotRetryAfterMs: config.redisRetryAfterMs, tracer: tracing.tracer, onHotError: () => metrics.hotTierErrors.inc(), onPostgresError: () => metrics.postgresErrors.inc() });
   const reader: FeatureSource = config.processCacheEntries > 0 ? new ProcessCache(tieredReader, config.processCacheEntries) : tieredReader;
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: () => catalog.refresh().catch(() => undefined) });
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
   // Buckets live in Redis when there is one, so all processes share them.
   const rateLimiter = apiKeys ? new RateLimiter(hot instanceof RedisHotTier ? hot.client : undefined) : undefined;
-  const app = createApp({ catalog, reader, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
+  const app = createApp({ catalog, reader, replicas, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
     s.once('error', (error: NodeJS.ErrnoException) => {
       catalog.stop();
-      void Promise.allSettled([db.close(), hot.close()]);
+      void Promise.allSettled([db.close(), hot.close(), listener?.close(), replicas?.close()]);
       reject(new ConfigError(`cannot listen on ${config.host}:${config.port} (PORT, HOST): ${error.code ?? error.message}`));
     });
   });
@@ -125,7 +151,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       // stopped, and publishes nothing (its run is recorded as failed).
       await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
       await runner.abandonAll('the server shut down before the run finished');
-      await Promise.allSettled([db.close(), hot.close(), tracing.shutdown()]);
+      await Promise.allSettled([db.close(), hot.close(), tracing.shutdown(), listener?.close(), replicas?.close()]);
     })());
   return { port, app, catalog, runner, db, hot, startupSyncs, close };
 }

@@ -7,6 +7,7 @@ import { routePath } from 'hono/route';
 import type { ApiKeys, KeyGrant } from '../stores/api-keys.js';
 import type { RateLimit, RateLimiter } from '../stores/rate-limit.js';
 import type { Catalog } from '../stores/catalog.js';
+import type { ReplicaSet } from '../stores/postgres.js';
 import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import { StoreUnavailableError, type FeatureSource } from '../stores/reader.js';
@@ -25,6 +26,8 @@ import { ApiError, problemResponse } from './problem.js';
 export interface AppDeps {
   readonly catalog: Catalog;
   readonly reader: FeatureSource;
+  /** Postgres read replicas, reported by /readyz. */
+  readonly replicas?: ReplicaSet | undefined;
   readonly db: Database;
   readonly hot: HotTier | null;
   readonly metrics: Metrics;

@@ -5,6 +5,7 @@ import type { Catalog } from '../stores/catalog.js';
 import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { ReplicaSet } from '../stores/postgres.js';
 
 export interface OperationRouteDeps {
   readonly catalog: Catalog;
@@ -12,6 +13,8 @@ export interface OperationRouteDeps {
   readonly hot: HotTier | null;
   readonly metrics: Metrics;
   readonly openapiYaml: string;
+  /** For the replicas its Postgres reads are routed to (reported, never a reason to be unready: the primary answers). */
+  readonly replicas?: ReplicaSet | undefined;
 }
 
 const CHECK_TIMEOUT_MS = 1000;
@@ -45,8 +48,10 @@ export function operationRoutes(deps: OperationRouteDeps): Hono {
     const viewsReady = Object.values(views).every((v) => v.version !== null);
     const ready = viewsReady && (postgres === 'ok' || (deps.hot !== null && hotTier === 'ok'));
     const status = !ready ? 'not_ready' : postgres === 'ok' && hotTier === 'ok' ? 'ready' : 'degraded';
+    // From the replicas' last poll: costs no query here.
+    const replicas = deps.replicas?.status().map(({ replayLsn, ...rest }) => ({ ...rest, replay_lsn: replayLsn }));
     return c.json(
-      { status, checks: { postgres, hot_tier: deps.hot ? { kind: deps.hot.kind, status: hotTier } : { kind: 'none', status: 'ok' }, views } },
+      { status, checks: { postgres, hot_tier: deps.hot ? { kind: deps.hot.kind, status: hotTier } : { kind: 'none', status: 'ok' }, views, ...(replicas ? { replicas } : {}) } },
       ready ? 200 : 503,
       { 'Cache-Control': 'no-store' },
     );

@@ -16,6 +16,12 @@ const envSchema = z.object({
   HOST: z.string().min(1).default('0.0.0.0'),
   DATABASE_URL: z.string().url().optional(),
   REDIS_URL: z.string().url().optional(),
+  DATABASE_REPLICA_URLS: z
+    .string()
+    .transform((v) => v.split(',').map((u) => u.trim()).filter(Boolean))
+    .pipe(z.array(z.string().url({ error: 'expected a comma-separated list of postgres:// URLs' })))
+    .optional(),
+  DATABASE_REPLICA_POLL_MS: positiveInt.default(250),
   SYNC_JOBS_DIR: z.string().min(1).default('sync-jobs'),
   PGLITE_DATA_DIR: z.string().min(1).optional(),
   SYNC_ON_START: bool.optional(),
@@ -57,6 +63,10 @@ export interface Config {
   readonly databaseUrl: string | undefined;
   /** Redis server; absent means the in-process hot tier. */
   readonly redisUrl: string | undefined;
+  /** Streaming replicas of DATABASE_URL that lookups may read from (empty: the primary only). */
+  readonly databaseReplicaUrls: readonly string[];
+  /** How often each replica's replay progress and health are checked. */
+  readonly replicaPollMs: number;
   readonly embedded: boolean;
   readonly syncJobsDir: string;
   readonly pgliteDataDir: string | undefined;
@@ -123,11 +133,16 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     );
   }
   const embedded = !e.DATABASE_URL;
+  if (embedded && e.DATABASE_REPLICA_URLS?.length) {
+    throw new ConfigError('DATABASE_REPLICA_URLS is set without DATABASE_URL: replicas need a primary server (the embedded mode has none); set DATABASE_URL or unset DATABASE_REPLICA_URLS');
+  }
   return Object.freeze({
     port: e.PORT,
     host: e.HOST,
     databaseUrl: e.DATABASE_URL,
     redisUrl: e.REDIS_URL,
+    databaseReplicaUrls: Object.freeze([...(e.DATABASE_REPLICA_URLS ?? [])]),
+    replicaPollMs: e.DATABASE_REPLICA_POLL_MS,
     embedded,
     syncJobsDir: path.resolve(cwd, e.SYNC_JOBS_DIR),
     pgliteDataDir: e.PGLITE_DATA_DIR ? path.resolve(cwd, e.PGLITE_DATA_DIR) : undefined,

@@ -39,6 +39,20 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly replicaReads = new client.Counter({
+    name: 'featurestore_replica_reads_total',
+    help: 'Postgres lookup reads answered by a read replica (the rest went to the primary).',
+    labelNames: ['replica'] as const,
+    registers: [this.registry],
+  });
+
+  readonly replicaSkips = new client.Counter({
+    name: 'featurestore_replica_skips_total',
+    help: 'Postgres lookup reads that passed over a replica: behind (has not replayed the served version), down, or failed (the read errored).',
+    labelNames: ['replica', 'reason'] as const,
+    registers: [this.registry],
+  });
+
   readonly syncRejects = new client.Counter({
     name: 'featurestore_sync_rejects_total',
     help: 'Rows left out by sync runs because they broke a constraint.',

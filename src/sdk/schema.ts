@@ -299,6 +299,17 @@ export interface components {
                         version: number | null;
                     };
                 };
+                /** @description Only with DATABASE_REPLICA_URLS: each read replica as of its last poll. `down` replicas are skipped (lookups go to another replica or the primary), so a replica never makes the service unready. */
+                replicas?: {
+                    /** @description host:port of the replica */
+                    name: string;
+                    /** @enum {string} */
+                    status: "ok" | "down";
+                    /** @description The WAL position it had replayed when last polled. */
+                    replay_lsn: string | null;
+                    /** @description Why it is down. */
+                    error?: string;
+                }[];
             };
         };
         Run: {

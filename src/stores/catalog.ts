@@ -2,8 +2,11 @@
 // version readers are switched to. Everything a request needs but the data
 // itself (feature positions, the prepared statement, the next scheduled run) is
 // resolved here once per version, never per request. The catalog follows
-// Postgres: it polls the views table and is also told directly when this
-// process's scheduler publishes.
+// the primary Postgres: it polls the views table, is told directly when this
+// process's scheduler publishes, and is told by a LISTEN connection when any
+// process publishes or rolls back (see server.ts). It only ever moves a view
+// forward in generation, so a process never serves a version older than one
+// it has already served, whatever order reads and notifications arrive in.
 import { Cron } from 'croner';
 import type { FeatureType, JobDefinition } from '../jobs/definition.js';
 import type { Queryable } from './database.js';
@@ -46,6 +49,7 @@ export class Catalog {
   private timer: NodeJS.Timeout | undefined;
   private lastError: Error | undefined;
   private refreshing: Promise<void> | undefined;
+  private queued: Promise<void> | undefined;
 
   constructor(
     private readonly db: Queryable,
@@ -79,12 +83,25 @@ export class Catalog {
     return this.lastError;
   }
 
-  /** Re-reads the current versions; concurrent callers share one read. */
+  /**
+   * Re-reads the current versions. A call while a read is in flight gets the
+   * read after it (shared by every such call): the one in flight may have
+   * started before the switch the caller was told about.
+   */
   refresh(): Promise<void> {
-    this.refreshing ??= this.load().finally(() => {
-      this.refreshing = undefined;
-    });
-    return this.refreshing;
+    if (!this.refreshing) {
+      this.refreshing = this.load().finally(() => {
+        this.refreshing = undefined;
+      });
+      return this.refreshing;
+    }
+    this.queued ??= this.refreshing
+      .catch(() => undefined)
+      .then(() => {
+        this.queued = undefined;
+        return this.refresh();
+      });
+    return this.queued;
   }
 
   private async load(): Promise<void> {
@@ -94,9 +111,12 @@ export class Catalog {
         const view = this.views.get(version.view);
         // Versions of views no longer defined are not served.
         if (!view) continue;
-        // Same version: keep the resolved object (and its prepared statement name).
-        if (view.current && view.current.version === version.version) continue;
-        this.views.set(version.view, { job: view.job, current: toServedVersion(version) });
+        // Only a later switch replaces what is served (an older generation is a
+        // read that raced a newer one); the same version keeps its resolved
+        // object and prepared statement name.
+        if (view.current && version.generation <= view.current.generation) continue;
+        const current = view.current?.version === version.version ? { ...view.current, generation: version.generation } : toServedVersion(version);
+        this.views.set(version.view, { job: view.job, current });
       }
       this.lastError = undefined;
     } catch (error) {

@@ -65,6 +65,32 @@ CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.views (
 );
 `;
 
+/** The channel on which Postgres announces every switch of a view's current version (payload: "<view> <generation>"). */
+export const VERSIONS_CHANNEL = 'featurestore_versions';
+
+// Every switch of readers (a publish or a rollback, by any process or tool,
+// whatever its code version) gets a per-view generation that only grows, and
+// announces itself on commit. Readers order versions by generation, not by
+// version number, since a rollback makes an older version current again; and
+// a replica that shows generation G for a view has replayed that switch's
+// commit and so everything written before it, the version's table included.
+// Kept in triggers so no writer can switch readers without both.
+const GENERATION_COLUMN_SQL = `ALTER TABLE ${META_SCHEMA}.views ADD COLUMN IF NOT EXISTS generation bigint NOT NULL DEFAULT 1`;
+const SWITCH_SQL = [
+  `CREATE OR REPLACE FUNCTION ${META_SCHEMA}.views_next_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     NEW.generation := OLD.generation + 1;
+     RETURN NEW;
+   END $$`,
+  `CREATE OR REPLACE FUNCTION ${META_SCHEMA}.views_announce() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     PERFORM pg_notify('${VERSIONS_CHANNEL}', NEW.view || ' ' || NEW.generation);
+     RETURN NULL;
+   END $$`,
+  `CREATE OR REPLACE TRIGGER views_next_generation BEFORE UPDATE ON ${META_SCHEMA}.views FOR EACH ROW EXECUTE FUNCTION ${META_SCHEMA}.views_next_generation()`,
+  `CREATE OR REPLACE TRIGGER views_announce AFTER INSERT OR UPDATE ON ${META_SCHEMA}.views FOR EACH ROW EXECUTE FUNCTION ${META_SCHEMA}.views_announce()`,
+];
+
 /** Creates what is missing; safe to run from several processes at once. */
 export async function ensureSchema(db: Database): Promise<void> {
   await db.transaction(async (tx) => {
@@ -72,6 +98,12 @@ export async function ensureSchema(db: Database): Promise<void> {
     for (const statement of SCHEMA_SQL.split(';').map((s) => s.trim()).filter(Boolean)) {
       await tx.query(statement);
     }
+    // ALTER TABLE locks the table exclusively (on replicas too) even when the column exists: only when it is missing.
+    const [column] = await tx.query(
+      `SELECT 1 FROM information_schema.columns WHERE table_schema = '${META_SCHEMA}' AND table_name = 'views' AND column_name = 'generation'`,
+    );
+    if (!column) await tx.query(GENERATION_COLUMN_SQL);
+    for (const statement of SWITCH_SQL) await tx.query(statement);
   });
 }
 
@@ -89,6 +121,8 @@ export interface VersionFeature {
 export interface PublishedVersion {
   readonly view: string;
   readonly version: number;
+  /** Which switch of the view's readers made this version current; grows with every publish and rollback. */
+  readonly generation: number;
   readonly features: readonly VersionFeature[];
   /** Newest event time in the version (ISO 8601, UTC, microseconds), or null for an empty version. */
   readonly asOf: string | null;
@@ -100,6 +134,7 @@ export interface PublishedVersion {
 type CatalogRow = {
   view: string;
   version: number;
+  generation: number;
   features: VersionFeature[] | string;
   as_of: string | null;
   row_count: number;
@@ -113,13 +148,14 @@ const toDate = (value: Date | string) => (value instanceof Date ? value : new Da
 
 export async function readPublishedVersions(db: Queryable): Promise<PublishedVersion[]> {
   const rows = await db.query<CatalogRow>(
-    `SELECT v.view, v.current_version AS version, ver.features, ${isoTimeSql('ver.as_of')} AS as_of, ver.row_count, ver.published_at
+    `SELECT v.view, v.current_version AS version, v.generation, ver.features, ${isoTimeSql('ver.as_of')} AS as_of, ver.row_count, ver.published_at
        FROM ${META_SCHEMA}.views v
        JOIN ${META_SCHEMA}.versions ver ON ver.view = v.view AND ver.version = v.current_version`,
   );
   return rows.map((row) => ({
     view: row.view,
     version: Number(row.version),
+    generation: Number(row.generation),
     features: typeof row.features === 'string' ? (JSON.parse(row.features) as VersionFeature[]) : row.features,
     asOf: row.as_of,
     asOfMs: row.as_of === null ? null : Date.parse(row.as_of),

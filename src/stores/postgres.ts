@@ -175,3 +175,263 @@ export class PostgresDatabase implements Database {
     await this.pool.end();
   }
 }
+
+/** Why a lookup did not read from a replica: it has not replayed the version, it is down, or its read failed. */
+export type ReplicaSkipReason = 'behind' | 'down' | 'failed';
+
+export interface ReplicaStatus {
+  readonly name: string;
+  /** ok: used for every version it has replayed; down: skipped until a poll of it succeeds. */
+  readonly status: 'ok' | 'down';
+  /** The last WAL position it had replayed when polled. */
+  readonly replayLsn: string | null;
+  readonly error?: string;
+}
+
+export interface ReplicaSetOptions {
+  readonly urls: readonly string[];
+  /** The primary, to check that each replica is a copy of it. */
+  readonly primary: Queryable;
+  /** How often each replica's replayed switches (and health) are read. */
+  readonly pollMs: number;
+  /** Bound on a connection wait or a query's answer on a replica, so a frozen one leaves time for the primary. */
+  readonly clientTimeoutMs: number;
+  readonly statementTimeoutMs?: number;
+  readonly maxConnections?: number;
+  readonly onRead?: (replica: string) => void;
+  readonly onSkip?: (replica: string, reason: ReplicaSkipReason) => void;
+}
+
+interface Replica {
+  readonly name: string;
+  readonly pool: pg.Pool;
+  /**
+   * Per view, the newest switch (generation) this replica has replayed; null
+   * while it is down or not yet checked. Replay only moves forward, so a
+   * polled value is a lower bound until the replica fails.
+   */
+  generations: Map<string, number> | null;
+  replayLsn: string | null;
+  error: string | undefined;
+  polling: boolean;
+}
+
+/** A read a replica may refuse without being unhealthy: the table was dropped by replay, or replay cancelled the query. */
+const REPLICA_BENIGN_CODES = new Set(['42P01', '40001']);
+
+function replicaName(url: string, index: number, taken: Set<string>): string {
+  let name: string;
+  try {
+    const parsed = new URL(url);
+    name = `${parsed.hostname}:${parsed.port || '5432'}`;
+  } catch {
+    name = `replica${index + 1}`;
+  }
+  // Names label metrics; connection strings (with passwords) never do.
+  if (taken.has(name)) name = `${name}#${index + 1}`;
+  taken.add(name);
+  return name;
+}
+
+/**
+ * Read routing over streaming replicas of the primary. A lookup of a version
+ * goes to a replica only if that replica has replayed the switch that made the
+ * version current (its `featurestore.views` row shows that generation or a
+ * later one): the switch commits after the version's table is complete, and
+ * replay is in commit order, so such a replica holds all of the version. A
+ * replica that has not, that is down or that fails is skipped; the caller
+ * reads the primary when no replica answers.
+ */
+export class ReplicaSet {
+  private readonly replicas: Replica[];
+  private next = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private systemId: Promise<string> | undefined;
+
+  constructor(private readonly options: ReplicaSetOptions) {
+    const taken = new Set<string>();
+    this.replicas = options.urls.map((url, i) => {
+      const pool = new pg.Pool({
+        connectionString: url,
+        max: options.maxConnections ?? 10,
+        application_name: 'feature-serving-api',
+        statement_timeout: options.statementTimeoutMs ?? 60_000,
+        connectionTimeoutMillis: options.clientTimeoutMs,
+        query_timeout: options.clientTimeoutMs,
+        idleTimeoutMillis: 30_000,
+        options: '-c TimeZone=UTC',
+        types: typeParsers,
+      });
+      pool.on('error', () => undefined);
+      return { name: replicaName(url, i, taken), pool, generations: null, replayLsn: null, error: 'not checked yet', polling: false };
+    });
+  }
+
+  get names(): string[] {
+    return this.replicas.map((r) => r.name);
+  }
+
+  status(): ReplicaStatus[] {
+    return this.replicas.map((r) => ({ name: r.name, status: r.generations ? 'ok' : 'down', replayLsn: r.replayLsn, ...(r.error ? { error: r.error } : {}) }));
+  }
+
+  /** Checks every replica now and then every `pollMs`. */
+  async start(): Promise<void> {
+    await this.pollAll();
+    this.timer = setInterval(() => void this.pollAll(), this.options.pollMs);
+    this.timer.unref();
+  }
+
+  pollAll(): Promise<void> {
+    return Promise.all(this.replicas.map((r) => this.poll(r))).then(() => undefined);
+  }
+
+  private async poll(replica: Replica): Promise<void> {
+    if (replica.polling) return;
+    replica.polling = true;
+    try {
+      this.systemId ??= this.options.primary
+        .query<{ id: string }>('SELECT system_identifier::text AS id FROM pg_control_system()')
+        .then(([row]) => row!.id)
+        .catch((error: Error) => {
+          this.systemId = undefined;
+          throw new Error(`cannot read the primary's system identifier to check replicas against: ${error.message}`);
+        });
+      const primaryId = await this.systemId;
+      const { rows } = await replica.pool.query<{ id: string; standby: boolean; lsn: string | null; generations: Record<string, number> | null }>(
+        `SELECT (SELECT system_identifier::text FROM pg_control_system()) AS id, pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS lsn,
+                (SELECT json_object_agg(view, generation) FROM featurestore.views) AS generations`,
+      );
+      const row = rows[0]!;
+      replica.replayLsn = row.lsn;
+      // A server that is not a standby of this primary could hold other data under the same names.
+      if (row.id !== primaryId) throw new Error(`it is not a copy of the primary (system identifier ${row.id}, the primary's is ${primaryId}); check DATABASE_REPLICA_URLS`);
+      if (!row.standby) throw new Error('it is not in recovery (promoted or not a standby), so it no longer follows the primary');
+      replica.generations = new Map(Object.entries(row.generations ?? {}).map(([view, generation]) => [view, Number(generation)]));
+      replica.error = undefined;
+    } catch (error) {
+      const message = (error as { code?: string }).code === '42P01' ? 'it has not replayed the featurestore schema yet' : (error as Error).message;
+      replica.generations = null;
+      replica.error = message;
+    } finally {
+      replica.polling = false;
+    }
+  }
+
+  /**
+   * Runs a read of one version (`generation` of `view`) on a replica that has
+   * replayed it, trying each such replica in turn; undefined when none could
+   * answer, and the caller reads the primary.
+   */
+  async query<R>(view: string, generation: number, text: string, params: readonly unknown[], options?: QueryOptions): Promise<R[] | undefined> {
+    const count = this.replicas.length;
+    const start = this.next++ % count;
+    for (let i = 0; i < count; i++) {
+      const replica = this.replicas[(start + i) % count]!;
+      const generations = replica.generations;
+      if (!generations) {
+        this.options.onSkip?.(replica.name, 'down');
+        continue;
+      }
+      if ((generations.get(view) ?? 0) < generation) {
+        this.options.onSkip?.(replica.name, 'behind');
+        continue;
+      }
+      try {
+        const rows = await runQuery<R>(replica.pool, text, params, options);
+        this.options.onRead?.(replica.name);
+        return rows;
+      } catch (error) {
+        this.options.onSkip?.(replica.name, 'failed');
+        if (REPLICA_BENIGN_CODES.has((error as { code?: string }).code ?? '')) continue;
+        // Unused until a poll finds it healthy again (it may come back as another server, so what it had replayed is forgotten).
+        if (replica.generations === generations) {
+          replica.generations = null;
+          replica.error = (error as Error).message;
+        }
+      }
+    }
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await Promise.allSettled(this.replicas.map((r) => r.pool.end()));
+  }
+}
+
+export interface NotificationListenerOptions {
+  readonly url: string;
+  readonly channel: string;
+  readonly onNotification: (payload: string) => void;
+  /** Called each time LISTEN is in place, after start and after every reconnect: notifications sent meanwhile were missed. */
+  readonly onListening: () => void;
+  readonly onLost?: (error: Error) => void;
+  readonly connectTimeoutMs?: number;
+}
+
+/**
+ * A dedicated connection that LISTENs on one channel of the primary, and
+ * reconnects (and LISTENs again) with backoff up to 5 s whenever it is lost.
+ */
+export class NotificationListener {
+  private client: pg.Client | undefined;
+  private closed = false;
+  private retryMs = 100;
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly options: NotificationListenerOptions) {}
+
+  get listening(): boolean {
+    return this.client !== undefined;
+  }
+
+  start(): void {
+    void this.connect();
+  }
+
+  private async connect(): Promise<void> {
+    if (this.closed) return;
+    const client = new pg.Client({ connectionString: this.options.url, application_name: 'feature-serving-api listener', keepAlive: true, connectionTimeoutMillis: this.options.connectTimeoutMs ?? 5_000 });
+    let lost = false;
+    const onLost = (error: Error) => {
+      if (lost) return;
+      lost = true;
+      if (this.client === client) this.client = undefined;
+      void client.end().catch(() => undefined);
+      if (this.closed) return;
+      this.options.onLost?.(error);
+      this.retryTimer = setTimeout(() => void this.connect(), this.retryMs);
+      this.retryTimer.unref();
+      this.retryMs = Math.min(this.retryMs * 2, 5_000);
+    };
+    client.on('error', onLost);
+    client.on('end', () => onLost(new Error('the listening connection ended')));
+    client.on('notification', (message) => {
+      if (message.channel === this.options.channel) this.options.onNotification(message.payload ?? '');
+    });
+    try {
+      await client.connect();
+      await client.query(`LISTEN ${quoteIdent(this.options.channel)}`);
+    } catch (error) {
+      onLost(error as Error);
+      return;
+    }
+    if (lost) return;
+    if (this.closed) {
+      await client.end().catch(() => undefined);
+      return;
+    }
+    this.client = client;
+    this.retryMs = 100;
+    this.options.onListening();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    const client = this.client;
+    this.client = undefined;
+    await client?.end().catch(() => undefined);
+  }
+}

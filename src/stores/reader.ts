@@ -7,6 +7,7 @@ import type { ServedVersion } from './catalog.js';
 import type { Database } from './database.js';
 import type { HotTier } from './hot-tier.js';
 import { hotKey } from './hot-tier.js';
+import type { ReplicaSet } from './postgres.js';
 
 /** One entity's stored row: its event time and the feature values in the version's order. */
 export interface FeatureRow {
@@ -40,6 +41,8 @@ export interface ReaderOptions {
   readonly tracer?: Tracer | undefined;
   readonly onHotError?: (error: Error) => void;
   readonly onPostgresError?: (error: Error) => void;
+  /** Streaming replicas that Postgres reads go to first, each only for versions it has replayed; the primary is the last resort. */
+  readonly replicas?: ReplicaSet | undefined;
 }
 
 /** Postgres could not answer; the caller reports the stores as unavailable. */
@@ -126,7 +129,15 @@ export class FeatureReader implements FeatureSource {
     return { rows, tier: 'postgres', hotError, timings };
   }
 
+  /** The replicas reads are routed to, if any (for /readyz). */
+  get replicas(): ReplicaSet | undefined {
+    return this.options.replicas;
+  }
+
   private async readPostgres(version: ServedVersion, ids: readonly string[]): Promise<Map<string, FeatureRow>> {
+    // Pinned to the version readers are switched to: a replica that has not replayed its switch is skipped.
+    const fromReplica = await this.options.replicas?.query<unknown[]>(version.view, version.generation, version.select.text, [ids], { name: version.select.name, rowMode: 'array' });
+    if (fromReplica) return toRows(fromReplica);
     if (this.postgresOpenUntil !== 0 && Date.now() < this.postgresOpenUntil) throw new StoreUnavailableError('Postgres failed recently and is skipped until its retry time');
     let result: unknown[][];
     try {
@@ -138,8 +149,12 @@ export class FeatureReader implements FeatureSource {
       this.options.onPostgresError?.(error as Error);
       throw new StoreUnavailableError((error as Error).message);
     }
-    const byId = new Map<string, FeatureRow>();
-    for (const row of result) byId.set(row[0] as string, { eventTime: row[1] as string, values: row.slice(2) });
-    return byId;
+    return toRows(result);
   }
+}
+
+function toRows(result: unknown[][]): Map<string, FeatureRow> {
+  const byId = new Map<string, FeatureRow>();
+  for (const row of result) byId.set(row[0] as string, { eventTime: row[1] as string, values: row.slice(2) });
+  return byId;
 }

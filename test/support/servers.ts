@@ -84,7 +84,12 @@ export interface PostgresServer {
   createDatabase(name: string): Promise<string>;
 }
 
-export async function startPostgres(): Promise<PostgresServer> {
+export interface PostgresOptions {
+  /** Ready to be the primary of streaming replicas (startPostgresReplica): WAL for replicas, full-page writes, WAL senders. */
+  readonly replication?: boolean;
+}
+
+export async function startPostgres(settings: PostgresOptions = {}): Promise<PostgresServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'fs-pg-'));
   const dataDir = path.join(dir, 'data');
   if (isRoot) {
@@ -102,6 +107,7 @@ export async function startPostgres(): Promise<PostgresServer> {
     '-c synchronous_commit=off',
     '-c full_page_writes=off',
     '-c max_connections=200',
+    ...(settings.replication ? ['-c wal_level=replica', '-c max_wal_senders=10', '-c full_page_writes=on', '-c wal_keep_size=256MB'] : []),
   ].join(' ');
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
   const start = async () => {
@@ -221,4 +227,65 @@ export async function startRedis(): Promise<RedisServer> {
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A hot-standby streaming replica of `primary` (started with `replication: true`),
+ * cloned with `pg_basebackup -R` on its own loopback port. Stop/start keep it a
+ * standby; it follows the primary again after a restart.
+ */
+export async function startPostgresReplica(primary: PostgresServer): Promise<PostgresServer> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'fs-pg-replica-'));
+  const dataDir = path.join(dir, 'data');
+  if (isRoot) {
+    const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
+    const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
+    await chown(dir, uid, gid);
+  }
+  const hba = readFileSync(path.join(primary.dataDir, 'pg_hba.conf'), 'utf8');
+  if (!/^host\s+replication\s+all\s+127\.0\.0\.1\/32/m.test(hba)) throw new Error(`the primary's pg_hba.conf has no replication entry for 127.0.0.1 (${primary.dataDir})`);
+  pgExec('pg_basebackup', ['-h', '127.0.0.1', '-p', String(primary.port), '-U', 'postgres', '-D', dataDir, '-R', '-X', 'stream', '-c', 'fast', '--no-sync']);
+  const port = await freePort();
+  // A hot standby needs max_connections at least the primary's.
+  const options = [`-p ${port}`, '-c listen_addresses=127.0.0.1', `-c unix_socket_directories=${dir}`, '-c fsync=off', '-c max_connections=200', '-c hot_standby=on'].join(' ');
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  const start = async () => {
+    pgExec('pg_ctl', ['-w', '-t', '60', '-D', dataDir, '-o', options, '-l', path.join(dir, 'log'), 'start']);
+    await waitFor('Postgres replica', 20_000, async () => {
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 });
+      try {
+        await client.connect();
+        const { rows } = await client.query<{ standby: boolean }>('SELECT pg_is_in_recovery() AS standby');
+        if (!rows[0]?.standby) throw new Error(`the replica on port ${port} is not in recovery`);
+        return true;
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    });
+  };
+  const stop = async () => {
+    pgExec('pg_ctl', ['-w', '-t', '60', '-D', dataDir, '-m', 'fast', 'stop']);
+  };
+  const postmasterPid = () => Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  await start();
+  const server: PostgresServer = {
+    url,
+    port,
+    dataDir,
+    start,
+    stop,
+    freeze: () => signalTree(postmasterPid(), 'SIGSTOP'),
+    thaw: () => signalTree(postmasterPid(), 'SIGCONT'),
+    async destroy() {
+      if (existsSync(path.join(dataDir, 'postmaster.pid'))) {
+        server.thaw();
+        await stop().catch(() => undefined);
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+    createDatabase() {
+      return Promise.reject(new Error('a replica is read-only: create databases on its primary'));
+    },
+  };
+  return server;
 }
