@@ -218,8 +218,8 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
         const m = message as ToWorker;
         if (m.t === 'fs:gather') {
           metrics.registry.getMetricsAsJSON().then(
-            (json) => process.send?.({ t: 'fs:gathered', id: m.id, metrics: json as Json } satisfies ToPrimary),
-            (error: Error) => process.send?.({ t: 'fs:gather-failed', id: m.id, error: error.message } satisfies ToPrimary),
+            (json) => toPrimary({ t: 'fs:gathered', id: m.id, metrics: json as Json }),
+            (error: Error) => toPrimary({ t: 'fs:gather-failed', id: m.id, error: error.message }),
           );
         } else if (m.t === 'fs:metrics') {
           const waiter = waiting.get(m.id);
@@ -238,7 +238,7 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
             reject(new Error(`the primary process did not answer for the cluster's metrics within ${2 * GATHER_TIMEOUT_MS} ms`));
           }, 2 * GATHER_TIMEOUT_MS);
           waiting.set(id, { resolve: (text) => (clearTimeout(timer), resolve(text)), reject: (error) => (clearTimeout(timer), reject(error)) });
-          process.send?.({ t: 'fs:metrics?', id } satisfies ToPrimary);
+          toPrimary({ t: 'fs:metrics?', id });
         });
       return (request, env, ctx) => {
         requests.inc({ process: name });
@@ -248,7 +248,12 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
   };
 }
 
+/** Sends to the primary unless it is gone (then the worker is stopping: see 'disconnect' in server.ts). */
+function toPrimary(message: ToPrimary): void {
+  if (process.connected) process.send?.(message);
+}
+
 /** Tells the primary this worker is serving. */
 export function announceReady(): void {
-  process.send?.({ t: 'fs:ready' } satisfies ToPrimary);
+  toPrimary({ t: 'fs:ready' });
 }

@@ -171,7 +171,8 @@ async function main(): Promise<void> {
   if (worker) {
     announceReady();
     // A worker never outlives its primary.
-    process.once('disconnect', () => stop('primary gone'));
+    if (process.connected) process.once('disconnect', () => stop('primary gone'));
+    else stop('primary gone');
   }
 }
 
