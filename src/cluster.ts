@@ -51,6 +51,8 @@ export function servingOnly(config: Config): Config {
 }
 
 export interface ClusterPrimary {
+  /** Resolves when every worker listens; rejects (a WorkerStartError) when one could not, after stopping the rest. */
+  readonly ready: Promise<void>;
   /** Pids of the serving workers now. */
   workerPids(): number[];
   close(): Promise<void>;
@@ -79,6 +81,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   const scheduler = new Scheduler(jobs, runner, log);
 
   let stopping = false;
+  let started = false;
   let seq = 0;
   const pending = new Map<string, { resolve: (json: Json) => void; reject: (error: Error) => void }>();
 
@@ -140,7 +143,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     workers.delete(worker);
     for (const [key, waiter] of pending) if (key.startsWith(`${worker.id}:`) && pending.delete(key)) waiter.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) exited while its metrics were gathered`));
     if (stopping) return;
-    if (!state?.ready) {
+    if (!state?.ready && !started) {
       startFailed(new WorkerStartError(`a serving worker exited (${signal ?? `code ${code}`}) before it listened; see its error above`, code || 1));
       return;
     }
@@ -157,25 +160,34 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   };
 
   for (let i = 0; i < config.webConcurrency; i++) fork();
-  try {
-    await Promise.race([ready, failedAtStart]);
-  } catch (error) {
-    stopping = true;
-    await stopWorkers();
-    await closeStores();
-    throw error;
-  }
-  log.info('cluster.listening', { port: config.port, host: config.host, workers: [...workers.keys()].map((w) => w.process.pid), views: jobs.map((j) => j.view) });
-
+  // Syncs need no worker: they start while the workers boot.
   if (config.schedulerEnabled) scheduler.start();
   if (config.syncOnStart) {
     void (async () => {
-      for (const job of jobs) await runner.run(job.view, 'startup').catch((error: Error) => log.error('sync.startup_failed', { job: job.view, error }));
+      for (const job of jobs) {
+        if (stopping) return;
+        await runner.run(job.view, 'startup').catch((error: Error) => log.error('sync.startup_failed', { job: job.view, error }));
+      }
     })();
   }
+  const readiness = (async () => {
+    try {
+      await Promise.race([ready, failedAtStart]);
+    } catch (error) {
+      stopping = true;
+      scheduler.stop();
+      await stopWorkers();
+      await runner.abandonAll('the server failed to start');
+      await closeStores();
+      throw error;
+    }
+    started = true;
+    log.info('cluster.listening', { port: config.port, host: config.host, workers: [...workers.keys()].map((w) => w.process.pid), views: jobs.map((j) => j.view) });
+  })();
 
   let closing: Promise<void> | undefined;
   return {
+    ready: readiness,
     workerPids: () => [...workers.keys()].map((w) => w.process.pid!).filter(Boolean),
     close: () =>
       (closing ??= (async () => {

@@ -146,19 +146,18 @@ async function main(): Promise<void> {
   // Every core: the primary keeps the scheduler and syncs and forks the serving workers.
   const primary = config.webConcurrency > 1 && cluster.isPrimary;
   const worker = config.webConcurrency > 1 && cluster.isWorker;
-  let running: { close(): Promise<void> };
+  let running: { readonly ready?: Promise<void>; close(): Promise<void> };
+  const failed: (error: unknown) => never = (error) => {
+    if (error instanceof ConfigError || error instanceof JobDefinitionError || error instanceof WorkerStartError) {
+      process.stderr.write(`cannot start: ${error.message}\n`);
+      process.exit(error instanceof WorkerStartError ? error.exitCode : 2);
+    }
+    throw error;
+  };
   try {
     running = primary ? await startPrimary(config, log) : await startServer(worker ? servingOnly(config) : config, log, worker ? { cluster: clusterWorker(log) } : {});
   } catch (error) {
-    if (error instanceof ConfigError || error instanceof JobDefinitionError) {
-      process.stderr.write(`cannot start: ${error.message}\n`);
-      process.exit(2);
-    }
-    if (error instanceof WorkerStartError) {
-      process.stderr.write(`cannot start: ${error.message}\n`);
-      process.exit(error.exitCode);
-    }
-    throw error;
+    failed(error);
   }
   const stop = (signal: string) => {
     log.info('server.stopping', { signal });
@@ -168,6 +167,8 @@ async function main(): Promise<void> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  // The primary's syncs already run while its workers start; a worker that cannot start stops it all.
+  running.ready?.catch(failed);
   if (worker) {
     announceReady();
     // A worker never outlives its primary.

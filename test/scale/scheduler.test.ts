@@ -57,11 +57,23 @@ describe('schedulers in three processes', () => {
     expect(runs.every((r) => r.scheduledFor !== null)).toBe(true);
     const byTick = new Map<number, RunRecord[]>();
     for (const run of runs) byTick.set(run.scheduledFor!.getTime(), [...(byTick.get(run.scheduledFor!.getTime()) ?? []), run]);
+    let ran = 0;
     for (let tick = firstTick; tick <= lastTick; tick += TICK_MS) {
       const ofTick = byTick.get(tick) ?? [];
       const summary = { tick: new Date(tick).toISOString(), statuses: ofTick.map((r) => r.status).sort() };
-      expect(summary).toEqual({ tick: summary.tick, statuses: ['skipped', 'skipped', 'succeeded'] });
+      if (summary.statuses.includes('succeeded')) {
+        ran++;
+        expect(summary).toEqual({ tick: summary.tick, statuses: ['skipped', 'skipped', 'succeeded'] });
+        continue;
+      }
+      // On a loaded machine a run may outlast the 10 s: then the next tick is skipped by all three
+      // (never queued), and only if the previous tick's run was still running at this tick's time.
+      expect(summary).toEqual({ tick: summary.tick, statuses: ['skipped', 'skipped', 'skipped'] });
+      expect(ofTick.every((r) => /in progress/.test(r.error ?? ''))).toBe(true);
+      const previous = runs.find((r) => r.status === 'succeeded' && r.scheduledFor!.getTime() === tick - TICK_MS);
+      expect(previous?.finishedAt?.getTime()).toBeGreaterThan(tick);
     }
+    expect(ran).toBeGreaterThanOrEqual(3);
     // No run of any tick ran twice, before or after the window either.
     for (const [tick, ofTick] of byTick) {
       expect({ tick: new Date(tick).toISOString(), ran: ofTick.filter((r) => r.status !== 'skipped').length }).toEqual({ tick: new Date(tick).toISOString(), ran: 1 });

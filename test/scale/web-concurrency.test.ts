@@ -70,6 +70,33 @@ describe('WEB_CONCURRENCY configuration', () => {
   });
 });
 
+describe('a worker that cannot start', () => {
+  it('stops the whole server with its exit code and its reason', async () => {
+    const redis = await startRedis();
+    const database = await freshDatabase(inject('databaseUrl'), 'webconcfail');
+    try {
+      const dir = await tempDir('webconcfail');
+      const source = await writeParquet(path.join(dir, 'f.parquet'), `SELECT 'k1' AS id, TIMESTAMP '2026-01-01' AS t, 1 AS n`);
+      await writeJobs(dir, [{ view: 'fails', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } }]);
+      const port = await freePort();
+      // Keys mode with no key: every worker refuses to serve.
+      const server = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/server.ts')], {
+        env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, PORT: String(port), HOST: '127.0.0.1', WEB_CONCURRENCY: '2', AUTH_MODE: 'keys', LOG_LEVEL: 'silent' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      server.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const [code] = (await once(server, 'exit')) as [number];
+      expect(code).toBe(2);
+      expect(stderr).toMatch(/no API keys exist/);
+      expect(stderr).toMatch(/cannot start: a serving worker exited \(code 2\) before it listened/);
+    } finally {
+      await redis.destroy();
+      await database.drop();
+    }
+  });
+});
+
 describe('two serving processes on one port', () => {
   let redis: RedisServer;
   let database: { url: string; drop(): Promise<void> };
