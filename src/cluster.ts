@@ -73,8 +73,9 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   }
   const metrics = new Metrics(undefined, config.slo.latencyThresholdMs / 1000);
   const workers = new Map<Worker, { ready: boolean }>();
+  // To booting workers too: one that re-read the catalog before the publish hears of it here.
   const broadcast = (message: ToWorker) => {
-    for (const [worker, state] of workers) if (state.ready && worker.isConnected()) worker.send(message);
+    for (const worker of workers.keys()) if (worker.isConnected()) worker.send(message);
   };
   // Workers re-read the catalog every CATALOG_REFRESH_MS anyway; this makes a new version visible at once.
   const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: (summary) => broadcast({ t: 'fs:published', view: summary.job }) });
@@ -242,6 +243,8 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
           catalog.refresh().catch((error: Error) => log.warn('catalog.refresh_failed', { view: m.view, error }));
         }
       });
+      // A publish announced before this listener existed is caught by reading the catalog again now.
+      catalog.refresh().catch((error: Error) => log.warn('catalog.refresh_failed', { error }));
       metrics.exposition = () =>
         new Promise<string>((resolve, reject) => {
           const id = ++seq;

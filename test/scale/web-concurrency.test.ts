@@ -115,10 +115,16 @@ describe('two serving processes on one port', () => {
     db = new PostgresDatabase({ url: database.url });
     const dir = await tempDir('webconc');
     const source = await writeParquet(path.join(dir, 'wc.parquet'), `SELECT 'k' || i AS id, TIMESTAMP '2026-01-01' AS t, i * 10 AS n FROM range(1, 201) t(i)`);
-    await writeJobs(dir, [{ view: 'wc', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } }]);
+    await writeJobs(dir, [
+      { view: 'wc', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } },
+      // Published again every 5 s by the primary's scheduler.
+      { view: 'wc_ticking', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } }, schedule: '*/5 * * * * *' },
+    ]);
     port = await freePort();
     server = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/server.ts')], {
-      env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, PORT: String(port), HOST: '127.0.0.1', WEB_CONCURRENCY: '2', SYNC_ON_START: 'true', SCHEDULER_ENABLED: 'false', AUTH_MODE: 'open', LOG_LEVEL: 'silent', SHUTDOWN_GRACE_SECONDS: '2' },
+      env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, PORT: String(port), HOST: '127.0.0.1', WEB_CONCURRENCY: '2', SYNC_ON_START: 'true', SCHEDULER_ENABLED: 'true', AUTH_MODE: 'open', LOG_LEVEL: 'silent', SHUTDOWN_GRACE_SECONDS: '2',
+        // Workers re-read the catalog only every 10 minutes: a new version reaches them when the primary says so.
+        CATALOG_REFRESH_MS: '600000' },
       stdio: ['ignore', 'ignore', 'inherit'],
     });
     const deadline = Date.now() + 60_000;
@@ -152,6 +158,16 @@ describe('two serving processes on one port', () => {
     expect(runs.map((r) => [r.trigger, r.status])).toEqual([['startup', 'succeeded']]);
   });
 
+  it('a version the primary publishes is served by every worker at once', async () => {
+    const published = async () => (await listRuns(db, 'wc_ticking', 50)).find((r) => r.trigger === 'schedule' && r.status === 'succeeded')?.version ?? 0;
+    await expect.poll(published, { timeout: 30_000, interval: 100 }).toBeGreaterThan(0);
+    // Right after a scheduled publish (ticks are 5 s apart), every connection, to either worker, sees it.
+    const version = await published();
+    lookups += 10;
+    const seen = await Promise.all(Array.from({ length: 10 }, () => get(port, '/features/v1/k1?view=wc_ticking').then((r) => (JSON.parse(r.body) as { metadata: { version: number } }).metadata.version)));
+    expect(Math.min(...seen)).toBeGreaterThanOrEqual(version);
+  });
+
   it('/metrics on any worker shows every process: requests per worker, sums over both, the primary\'s syncs', async () => {
     for (let attempt = 0; attempt < 2; attempt++) {
       const { status, body } = await get(port, '/metrics');
@@ -164,8 +180,10 @@ describe('two serving processes on one port', () => {
       const counted = samples(body, 'http_server_request_duration_seconds_count').filter((s) => s.labels.includes('http_route="/features/v1/:entity_id"'));
       expect(counted.reduce((sum, s) => sum + s.value, 0)).toBe(lookups);
       // The primary's sync metrics are in it too.
-      expect(samples(body, 'featurestore_sync_runs_total')).toEqual([{ labels: '{sync_job="wc",status="succeeded"}', value: 1 }]);
-      expect(samples(body, 'featurestore_view_version')).toEqual([{ labels: '{view="wc"}', value: 1 }]);
+      expect(samples(body, 'featurestore_sync_runs_total').filter((s) => s.labels.includes('"wc"'))).toEqual([{ labels: '{sync_job="wc",status="succeeded"}', value: 1 }]);
+      expect(samples(body, 'featurestore_sync_runs_total').filter((s) => s.labels.includes('"wc_ticking",status="succeeded"'))[0]?.value).toBeGreaterThanOrEqual(1);
+      // Gauges are not summed over the two workers: each serves version 1 of wc.
+      expect(samples(body, 'featurestore_view_version').filter((s) => s.labels === '{view="wc"}')).toEqual([{ labels: '{view="wc"}', value: 1 }]);
     }
   });
 
