@@ -10,7 +10,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import client, { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { Hono } from 'hono';
-import type { Config } from './config/index.js';
+import { ConfigError, type Config } from './config/index.js';
 import { loadJobDefinitions } from './jobs/definition.js';
 import type { Logger } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
@@ -69,7 +69,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     await ensureSchema(db);
   } catch (error) {
     await closeStores();
-    throw new WorkerStartError(`cannot prepare the Postgres schema (is DATABASE_URL right and the server up?): ${(error as Error).message}`, 2);
+    throw new ConfigError(`cannot prepare the Postgres schema (is DATABASE_URL right and the server up?): ${(error as Error).message}`);
   }
   const metrics = new Metrics(undefined, config.slo.latencyThresholdMs / 1000);
   const workers = new Map<Worker, { ready: boolean }>();

@@ -97,6 +97,28 @@ describe('a worker that cannot start', () => {
   });
 });
 
+describe('a primary that cannot reach Postgres', () => {
+  it('exits 2 naming DATABASE_URL, before any worker', async () => {
+    const dir = await tempDir('webconcnopg');
+    const source = await writeParquet(path.join(dir, 'f.parquet'), `SELECT 'k1' AS id, TIMESTAMP '2026-01-01' AS t, 1 AS n`);
+    await writeJobs(dir, [{ view: 'nopg', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } }]);
+    const nowhere = await freePort();
+    const server = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/server.ts')], {
+      env: { PATH: process.env.PATH!, DATABASE_URL: `postgres://postgres@127.0.0.1:${nowhere}/x`, REDIS_URL: `redis://127.0.0.1:${nowhere}`, SYNC_JOBS_DIR: dir, PORT: String(await freePort()), WEB_CONCURRENCY: '2', LOG_LEVEL: 'silent' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    server.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const forked: number[] = [];
+    const watch = setInterval(() => forked.push(...serverChildren(server.pid!)), 20);
+    const [code] = (await once(server, 'exit')) as [number];
+    clearInterval(watch);
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/cannot start: cannot prepare the Postgres schema \(is DATABASE_URL right and the server up\?\)/);
+    expect(forked).toEqual([]);
+  });
+});
+
 describe('two serving processes on one port', () => {
   let redis: RedisServer;
   let database: { url: string; drop(): Promise<void> };
