@@ -53,8 +53,6 @@ export function servingOnly(config: Config): Config {
 export interface ClusterPrimary {
   /** Resolves when every worker listens; rejects (a WorkerStartError) when one could not, after stopping the rest. */
   readonly ready: Promise<void>;
-  /** Pids of the serving workers now. */
-  workerPids(): number[];
   close(): Promise<void>;
 }
 
@@ -189,7 +187,6 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   let closing: Promise<void> | undefined;
   return {
     ready: readiness,
-    workerPids: () => [...workers.keys()].map((w) => w.process.pid!).filter(Boolean),
     close: () =>
       (closing ??= (async () => {
         stopping = true;

@@ -76,7 +76,8 @@ describe('schedulers in three processes', () => {
     expect(ran).toBeGreaterThanOrEqual(3);
     // No run of any tick ran twice, before or after the window either.
     for (const [tick, ofTick] of byTick) {
-      expect({ tick: new Date(tick).toISOString(), ran: ofTick.filter((r) => r.status !== 'skipped').length }).toEqual({ tick: new Date(tick).toISOString(), ran: 1 });
+      const ranOfTick = ofTick.filter((r) => r.status !== 'skipped').length;
+      expect({ tick: new Date(tick).toISOString(), ranAtMostOnce: ranOfTick <= 1 }).toEqual({ tick: new Date(tick).toISOString(), ranAtMostOnce: true });
     }
     // Every tick was scheduled on a 10-second boundary, whenever its timer fired.
     expect([...byTick.keys()].every((t) => t % TICK_MS === 0)).toBe(true);
