@@ -246,7 +246,8 @@ async function main(): Promise<void> {
     }
     // Lookups are measured without API keys (AUTH_MODE=open): with keys, each request also takes a token from its
     // key's bucket in Redis (one more round trip), which BENCHMARKS.md notes.
-    const env = { ...process.env, DATABASE_URL: postgres.url, REDIS_URL: redisServer.url, SYNC_JOBS_DIR: jobs, LOG_LEVEL: 'warn', AUTH_MODE: 'open' };
+    // One serving process (WEB_CONCURRENCY=1), like the single-process baselines; bench/scale.ts measures two.
+    const env = { ...process.env, DATABASE_URL: postgres.url, REDIS_URL: redisServer.url, SYNC_JOBS_DIR: jobs, LOG_LEVEL: 'warn', AUTH_MODE: 'open', WEB_CONCURRENCY: '1' };
     const syncRuns: { seconds: number; peakRssMb: number }[] = [];
     let oursBytes = 0;
     for (let i = 0; i < ROUNDS; i++) {

@@ -1,10 +1,13 @@
 // Wiring only: config → stores → catalog → runner and scheduler → app → listen.
+// With WEB_CONCURRENCY > 1 (servers), main() runs a cluster (src/cluster.ts).
+import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { serve, type ServerType } from '@hono/node-server';
 import type { Hono } from 'hono';
 import { createApp } from './api/app.js';
+import { announceReady, clusterWorker, servingOnly, startPrimary, WorkerStartError, type ClusterWorkerHooks } from './cluster.js';
 import { ConfigError, loadConfig, type Config } from './config/index.js';
 import { JobDefinitionError, loadJobDefinitions } from './jobs/definition.js';
 import { createLogger, type Logger } from './observability/log.js';
@@ -43,6 +46,8 @@ export interface RunningServer {
 export interface ServerOverrides {
   /** Export spans here (tests), whatever the configuration says. */
   readonly spanExporter?: SpanExporter;
+  /** Set in a cluster worker: /metrics gathers every process, the primary's publishes refresh the catalog. */
+  readonly cluster?: ClusterWorkerHooks;
 }
 
 export async function startServer(config: Config, log: Logger = createLogger(config.logLevel), overrides: ServerOverrides = {}): Promise<RunningServer> {
@@ -123,7 +128,8 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const app = createApp({ catalog, reader, replicas, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
-    const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
+    const fetch = overrides.cluster ? overrides.cluster.attach({ metrics, catalog }, app.fetch) : app.fetch;
+    const s = serve({ fetch, port: config.port, hostname: config.host }, () => resolve(s));
     s.once('error', (error: NodeJS.ErrnoException) => {
       catalog.stop();
       void Promise.allSettled([db.close(), hot.close(), listener?.close(), replicas?.close()]);
@@ -165,15 +171,21 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger(config.logLevel);
-  let running: RunningServer;
-  try {
-    running = await startServer(config, log);
-  } catch (error) {
-    if (error instanceof ConfigError || error instanceof JobDefinitionError) {
+  // Every core: the primary keeps the scheduler and syncs and forks the serving workers.
+  const primary = config.webConcurrency > 1 && cluster.isPrimary;
+  const worker = config.webConcurrency > 1 && cluster.isWorker;
+  let running: { readonly ready?: Promise<void>; close(): Promise<void> };
+  const failed: (error: unknown) => never = (error) => {
+    if (error instanceof ConfigError || error instanceof JobDefinitionError || error instanceof WorkerStartError) {
       process.stderr.write(`cannot start: ${error.message}\n`);
-      process.exit(2);
+      process.exit(error instanceof WorkerStartError ? error.exitCode : 2);
     }
     throw error;
+  };
+  try {
+    running = primary ? await startPrimary(config, log) : await startServer(worker ? servingOnly(config) : config, log, worker ? { cluster: clusterWorker(log) } : {});
+  } catch (error) {
+    failed(error);
   }
   const stop = (signal: string) => {
     log.info('server.stopping', { signal });
@@ -183,6 +195,14 @@ async function main(): Promise<void> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  // The primary's syncs already run while its workers start; a worker that cannot start stops it all.
+  running.ready?.catch(failed);
+  if (worker) {
+    announceReady();
+    // A worker never outlives its primary.
+    if (process.connected) process.once('disconnect', () => stop('primary gone'));
+    else stop('primary gone');
+  }
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) void main();

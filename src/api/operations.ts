@@ -57,7 +57,7 @@ export function operationRoutes(deps: OperationRouteDeps): Hono {
     );
   });
 
-  app.get('/metrics', async (c) => c.body(await deps.metrics.registry.metrics(), 200, { 'Content-Type': deps.metrics.registry.contentType }));
+  app.get('/metrics', async (c) => c.body(await deps.metrics.exposition(), 200, { 'Content-Type': deps.metrics.registry.contentType }));
 
   app.get('/openapi.yaml', (c) => c.body(deps.openapiYaml, 200, { 'Content-Type': 'application/yaml; charset=utf-8', 'Cache-Control': 'public, max-age=300' }));
 

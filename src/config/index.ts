@@ -1,6 +1,7 @@
 // Owns the process configuration: the environment is parsed once, here, into a
 // typed and frozen object that is handed to everything else. Nothing else reads
 // process.env.
+import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import type { SloConfig } from '../observability/slo.js';
@@ -52,7 +53,14 @@ const envSchema = z.object({
   OTEL_SERVICE_NAME: z.string().min(1).default('feature-serving-api'),
   LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
   REQUEST_LOG_LEVEL: z.enum(['debug', 'info', 'warn']).default('debug'),
+  WEB_CONCURRENCY: positiveInt.max(256).optional(),
+  // (used by the cluster/replica support)
+  REDIS_CLUSTER_NODES: z.string().optional(),
+  DATABASE_REPLICA_URLS: z.string().optional(),
 });
+
+/** Every environment variable the service reads (deployment descriptions are checked against it). */
+export const ENV_KEYS: readonly string[] = Object.freeze(Object.keys(envSchema.shape));
 
 export type LogLevel = z.infer<typeof envSchema>['LOG_LEVEL'];
 
@@ -106,6 +114,11 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** The level of the one line logged per request (server errors are always at warn or above). */
   readonly requestLogLevel: 'debug' | 'info' | 'warn';
+  /**
+   * Serving processes on the one port (Node's cluster). Always 1 in the embedded
+   * mode: PGlite is a database inside one process, which other processes cannot reach.
+   */
+  readonly webConcurrency: number;
 }
 
 export class ConfigError extends Error {
@@ -174,5 +187,6 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     serviceName: e.OTEL_SERVICE_NAME,
     logLevel: e.LOG_LEVEL,
     requestLogLevel: e.REQUEST_LOG_LEVEL,
+    webConcurrency: embedded ? 1 : (e.WEB_CONCURRENCY ?? os.availableParallelism()),
   });
 }

@@ -82,6 +82,12 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  /**
+   * The text served at /metrics: this process's registry, or, in a cluster
+   * worker, every process's metrics aggregated (set by src/cluster.ts).
+   */
+  exposition: () => Promise<string> = () => this.registry.metrics();
+
   constructor(source?: ViewGaugeSource, latencyObjectiveSeconds = 0.01) {
     this.requestDuration = new client.Histogram({
       name: 'http_server_request_duration_seconds',
@@ -92,10 +98,14 @@ export class Metrics {
     });
     client.collectDefaultMetrics({ register: this.registry });
     if (!source) return;
-    const gauge = (name: string, help: string, pick: (v: ReturnType<ViewGaugeSource['views']>[number]) => number) =>
+    // Aggregated over cluster workers (each has its own catalog), a view gauge
+    // reports the least favourable process: the lowest version, the oldest data,
+    // the smallest margin, so freshness alerts fire if any process lags.
+    const gauge = (name: string, help: string, aggregator: client.Aggregator, pick: (v: ReturnType<ViewGaugeSource['views']>[number]) => number) =>
       new client.Gauge({
         name,
         help,
+        aggregator,
         labelNames: ['view'] as const,
         registers: [this.registry],
         collect() {
@@ -103,11 +113,11 @@ export class Metrics {
           for (const view of source.views()) this.set({ view: view.view }, pick(view));
         },
       });
-    gauge('featurestore_view_version', 'Version readers are switched to.', (v) => v.version);
-    gauge('featurestore_view_rows', 'Entities in the served version.', (v) => v.rows);
-    gauge('featurestore_view_age_seconds', 'Age of the served data: now minus its as-of time.', (v) => v.ageSeconds);
-    gauge('featurestore_view_freshness_objective_seconds', 'The view\'s freshness objective.', (v) => v.objectiveSeconds);
-    gauge('featurestore_view_freshness_margin_seconds', 'Seconds until the served data passes its freshness objective (negative: past it).', (v) => v.objectiveSeconds - v.ageSeconds);
+    gauge('featurestore_view_version', 'Version readers are switched to.', 'min', (v) => v.version);
+    gauge('featurestore_view_rows', 'Entities in the served version.', 'min', (v) => v.rows);
+    gauge('featurestore_view_age_seconds', 'Age of the served data: now minus its as-of time.', 'max', (v) => v.ageSeconds);
+    gauge('featurestore_view_freshness_objective_seconds', 'The view\'s freshness objective.', 'max', (v) => v.objectiveSeconds);
+    gauge('featurestore_view_freshness_margin_seconds', 'Seconds until the served data passes its freshness objective (negative: past it).', 'min', (v) => v.objectiveSeconds - v.ageSeconds);
   }
 }
 

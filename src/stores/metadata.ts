@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.runs (
   details      jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 CREATE INDEX IF NOT EXISTS runs_job_started ON ${META_SCHEMA}.runs (job, run_id DESC);
+ALTER TABLE ${META_SCHEMA}.runs ADD COLUMN IF NOT EXISTS scheduled_for timestamptz;
+CREATE UNIQUE INDEX IF NOT EXISTS runs_tick_once ON ${META_SCHEMA}.runs (job, scheduled_for) WHERE scheduled_for IS NOT NULL AND status IN ('running', 'succeeded');
 CREATE TABLE IF NOT EXISTS ${META_SCHEMA}.rejects (
   run_id      bigint NOT NULL,
   job         text NOT NULL,
@@ -180,6 +182,8 @@ export interface RunRecord {
   readonly watermark: Date | null;
   readonly error: string | null;
   readonly details: Record<string, unknown>;
+  /** Scheduled runs (and their skips): the tick they were for, which runs at most once across processes. */
+  readonly scheduledFor: Date | null;
 }
 
 type RunRow = {
@@ -195,6 +199,7 @@ type RunRow = {
   watermark: Date | string | null;
   error: string | null;
   details: Record<string, unknown> | string;
+  scheduled_for: Date | string | null;
 };
 
 function toRunRecord(row: RunRow): RunRecord {
@@ -211,24 +216,38 @@ function toRunRecord(row: RunRow): RunRecord {
     watermark: row.watermark === null ? null : toDate(row.watermark),
     error: row.error,
     details: typeof row.details === 'string' ? (JSON.parse(row.details) as Record<string, unknown>) : row.details,
+    scheduledFor: row.scheduled_for === null || row.scheduled_for === undefined ? null : toDate(row.scheduled_for),
   };
 }
 
-export async function startRun(db: Queryable, job: string, trigger: RunTrigger): Promise<number> {
+export async function startRun(db: Queryable, job: string, trigger: RunTrigger, scheduledFor?: string): Promise<number> {
   const [row] = await db.query<{ run_id: number }>(
-    `INSERT INTO ${META_SCHEMA}.runs (job, trigger, status) VALUES ($1, $2, 'running') RETURNING run_id`,
-    [job, trigger],
+    `INSERT INTO ${META_SCHEMA}.runs (job, trigger, status, scheduled_for) VALUES ($1, $2, 'running', $3) RETURNING run_id`,
+    [job, trigger, scheduledFor ?? null],
   );
   return Number(row!.run_id);
 }
 
-/** A run that never started because another was in progress. */
-export async function recordSkippedRun(db: Queryable, job: string, trigger: RunTrigger, reason: string): Promise<number> {
+/** A run that never started because another was in progress (or its tick had already run). */
+export async function recordSkippedRun(db: Queryable, job: string, trigger: RunTrigger, reason: string, scheduledFor?: string): Promise<number> {
   const [row] = await db.query<{ run_id: number }>(
-    `INSERT INTO ${META_SCHEMA}.runs (job, trigger, status, finished_at, error) VALUES ($1, $2, 'skipped', now(), $3) RETURNING run_id`,
-    [job, trigger, reason],
+    `INSERT INTO ${META_SCHEMA}.runs (job, trigger, status, finished_at, error, scheduled_for) VALUES ($1, $2, 'skipped', now(), $3, $4) RETURNING run_id`,
+    [job, trigger, reason, scheduledFor ?? null],
   );
   return Number(row!.run_id);
+}
+
+/**
+ * The run that already took this tick of the job's schedule, if any (a skip
+ * does not take it). Asked holding the job's lock, so no other process can
+ * take the tick between the question and the new run's record.
+ */
+export async function runOfTick(db: Queryable, job: string, scheduledFor: string): Promise<{ runId: number; status: RunStatus } | undefined> {
+  const [row] = await db.query<{ run_id: number; status: RunStatus }>(
+    `SELECT run_id, status FROM ${META_SCHEMA}.runs WHERE job = $1 AND scheduled_for = $2 AND status <> 'skipped' ORDER BY run_id LIMIT 1`,
+    [job, scheduledFor],
+  );
+  return row ? { runId: Number(row.run_id), status: row.status } : undefined;
 }
 
 export interface RunOutcome {

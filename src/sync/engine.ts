@@ -11,7 +11,7 @@ import type { FeatureType, JobDefinition } from '../jobs/definition.js';
 import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
-import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
+import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, runOfTick, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
 import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from '../observability/log.js';
 import { recordPhases } from '../observability/tracing.js';
@@ -65,6 +65,12 @@ export interface RunOptions {
   readonly force?: boolean;
   /** Incremental jobs: read rows after this instant (ISO 8601) instead of after the last watermark minus the lookback. */
   readonly backfillFrom?: string;
+  /**
+   * Scheduled runs: the tick's scheduled time (ISO 8601). Every process's
+   * scheduler fires each tick; the first to take the job's lock runs it, and
+   * any later one (lock busy, or the tick already run) records a skip.
+   */
+  readonly scheduledFor?: string;
 }
 
 export interface RunSummary {
@@ -105,8 +111,10 @@ export function jobLockKey(view: string): string {
  */
 export async function runSync(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, options: RunOptions = {}): Promise<RunSummary> {
   const retry = ctx.retry ?? DEFAULT_RETRY;
+  // Once an attempt has taken the tick, later attempts retry it rather than find it taken.
+  const tick = { taken: false };
   for (let attempt = 1; ; attempt++) {
-    const summary = await runAttempt(job, ctx, trigger, options).catch((error: unknown): RunSummary => {
+    const summary = await runAttempt(job, ctx, trigger, options, tick).catch((error: unknown): RunSummary => {
       // Failing before a run could be recorded (no lock, no connection): report it the same way.
       return { runId: -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: describeError(error), durationMs: 0, details: {}, transient: isTransient(error) };
     });
@@ -117,21 +125,32 @@ export async function runSync(job: JobDefinition, ctx: SyncContext, trigger: Run
   }
 }
 
-async function runAttempt(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, options: RunOptions): Promise<RunSummary> {
+async function runAttempt(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, options: RunOptions, tick: { taken: boolean }): Promise<RunSummary> {
   const started = Date.now();
-  const locked = await ctx.db.withAdvisoryLock(jobLockKey(job.view), () => runLocked(job, ctx, trigger, options, started));
+  const skip = async (reason: string) => {
+    const runId = await recordSkippedRun(ctx.db, job.view, trigger, reason, options.scheduledFor);
+    ctx.log.info('sync.run', { job: job.view, run_id: runId, status: 'skipped', trigger, reason, scheduled_for: options.scheduledFor });
+    return { runId, job: job.view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: Date.now() - started, details: {} } satisfies RunSummary;
+  };
+  const locked = await ctx.db.withAdvisoryLock(jobLockKey(job.view), async () => {
+    // A process whose tick fired late must not run the tick again after another process ran it.
+    const taken = options.scheduledFor && !tick.taken ? await runOfTick(ctx.db, job.view, options.scheduledFor) : undefined;
+    if (taken) return skip(`the tick scheduled for ${options.scheduledFor} was already run (run ${taken.runId}, ${taken.status})`);
+    const onRunStarted = (runId: number) => {
+      tick.taken = true;
+      ctx.onRunStarted?.(runId);
+    };
+    return runLocked(job, { ...ctx, onRunStarted }, trigger, options, started);
+  });
   if (locked.acquired) return locked.value;
-  const reason = 'another run of this job was in progress';
-  const runId = await recordSkippedRun(ctx.db, job.view, trigger, reason);
-  ctx.log.info('sync.run', { job: job.view, run_id: runId, status: 'skipped', trigger, reason });
-  return { runId, job: job.view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: Date.now() - started, details: {} };
+  return skip('another run of this job was in progress');
 }
 
 async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigger, options: RunOptions, started: number): Promise<RunSummary> {
   const { db, hot } = ctx;
   // We hold the job's lock, so anything still marked running or loading belongs to a dead run.
   const reclaimedBeforeRun = await reclaimDeadRuns(job.view, db, hot);
-  const runId = await startRun(db, job.view, trigger);
+  const runId = await startRun(db, job.view, trigger, options.scheduledFor);
   ctx.onRunStarted?.(runId);
   const log = ctx.log.child({ job: job.view, run_id: runId, trigger });
   const details: Record<string, unknown> = {};

@@ -68,7 +68,7 @@ export class SyncRunner {
     if (!job) throw new UnknownJobError(`no sync job "${view}"; jobs: ${[...this.jobs.keys()].join(', ')}`);
     if (this.running.has(view)) {
       const reason = 'a run of this job was already in progress in this process';
-      const runId = await recordSkippedRun(this.deps.db, view, trigger, reason);
+      const runId = await recordSkippedRun(this.deps.db, view, trigger, reason, options.scheduledFor);
       this.deps.metrics.syncRuns.inc({ sync_job: view, status: 'skipped' });
       return { runId, job: view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: 0, details: {} };
     }

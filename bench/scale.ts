@@ -1,0 +1,209 @@
+// Every core, measured: lookups per second of our server with WEB_CONCURRENCY=1
+// and =2, against a bare Hono route (bench/bare.ts, constant JSON of the same
+// body) in one process and in two cluster workers, in the same run. The target:
+// the gain our server gets from the second process is at least 0.9× the gain
+// the bare route gets from the same two-process set-up. A benchmark, not a test.
+//
+// As a library (bench/run.ts): `measureScale({ env, rows })` with `env` naming
+// DATABASE_URL, REDIS_URL and SYNC_JOBS_DIR of a synced view `bench` whose ids
+// are e0000001… (as bench/run.ts makes them). Standalone, it builds dist/,
+// starts its own Postgres and Redis, syncs BENCH_ROWS (100000) entities and
+// prints the result as JSON:
+//   node --import tsx bench/scale.ts
+// Internal: `bench/scale.ts bare-cluster <workers> <port> <body-file>` runs
+// bench/bare.ts in that many cluster workers on one port.
+import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
+import cluster from 'node:cluster';
+import { once } from 'node:events';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const root = path.resolve(import.meta.dirname, '..');
+const tsx = ['--import', 'tsx'];
+const CONNECTIONS = 32;
+
+const log = (message: string) => process.stderr.write(`[bench:scale] ${message}\n`);
+const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+
+export interface ScaleOptions {
+  /** Environment of our server: DATABASE_URL, REDIS_URL, SYNC_JOBS_DIR (a synced view "bench"). */
+  readonly env: NodeJS.ProcessEnv;
+  /** Entities in the view (ids e0000001…); lookups pick among them at random. */
+  readonly rows: number;
+  readonly seconds?: number;
+  readonly rounds?: number;
+  /** Where to write the bare route's body (one of our responses); default: a file under the OS temp dir. */
+  readonly workDir?: string;
+}
+
+export interface ScaleResult {
+  /** Median requests per second of each set-up. */
+  readonly ours: { readonly one: number; readonly two: number };
+  readonly bare: { readonly one: number; readonly two: number };
+  /** two / one, for each. */
+  readonly oursSpeedup: number;
+  readonly bareSpeedup: number;
+  /** Extra requests per second from the second process, ours over bare's (the gain as an increase). */
+  readonly gainRatio: number;
+  /** Our speed-up over the bare route's (the gain as a factor); the target is ≥ 0.9. */
+  readonly speedupRatio: number;
+  readonly met: boolean;
+  readonly errors: number;
+}
+
+async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as import('node:net').AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(url: string, child: ChildProcess): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    if (child.exitCode !== null) throw new Error(`the server for ${url} exited with code ${child.exitCode}`);
+    try {
+      if ((await fetch(url)).status < 500) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing answered ${url} within 60 s`);
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  await exited;
+}
+
+function load(url: string, rows: number, seconds: number): { rps: number; errors: number; non2xx: number } {
+  const output = execFileSync(process.execPath, [...tsx, path.join(root, 'bench/load.ts'), url, String(rows), String(seconds), String(CONNECTIONS)], { encoding: 'utf8' });
+  return JSON.parse(output.trim().split('\n').at(-1)!) as { rps: number; errors: number; non2xx: number };
+}
+
+export async function measureScale(options: ScaleOptions): Promise<ScaleResult> {
+  const seconds = options.seconds ?? Number(process.env.BENCH_SECONDS ?? 8);
+  const rounds = options.rounds ?? Number(process.env.BENCH_ROUNDS ?? 3);
+  const workDir = options.workDir ?? path.join((await import('node:os')).tmpdir(), `fs-bench-scale-${process.pid}`);
+  await mkdir(workDir, { recursive: true });
+  const children: ChildProcess[] = [];
+
+  const ours = async (processes: number) => {
+    const port = await freePort();
+    const env = { ...options.env, PORT: String(port), HOST: '127.0.0.1', WEB_CONCURRENCY: String(processes), SCHEDULER_ENABLED: 'false', SYNC_ON_START: 'false', AUTH_MODE: 'open', LOG_LEVEL: 'warn' };
+    const child = spawn(process.execPath, [path.join(root, 'dist/server.js')], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    children.push(child);
+    await waitFor(`http://127.0.0.1:${port}/healthz`, child);
+    return { name: `ours, WEB_CONCURRENCY=${processes}`, url: `http://127.0.0.1:${port}/features/v1/{id}?view=bench`, port };
+  };
+  const bare = async (processes: number, bodyFile: string) => {
+    const port = await freePort();
+    const child =
+      processes === 1
+        ? fork(path.join(root, 'bench/bare.ts'), ['const', String(port), bodyFile], { execArgv: tsx, stdio: 'inherit' })
+        : fork(path.join(root, 'bench/scale.ts'), ['bare-cluster', String(processes), String(port), bodyFile], { execArgv: tsx, stdio: 'inherit' });
+    children.push(child);
+    await once(child, 'message');
+    return { name: `bare Hono, ${processes} process${processes > 1 ? 'es (cluster)' : ''}`, url: `http://127.0.0.1:${port}/features/v1/{id}`, port };
+  };
+
+  try {
+    const oursOne = await ours(1);
+    const bodyFile = path.join(workDir, 'scale-body.json');
+    await writeFile(bodyFile, await (await fetch(`http://127.0.0.1:${oursOne.port}/features/v1/e0000042?view=bench`)).text());
+    const setups = [oursOne, await ours(2), await bare(1, bodyFile), await bare(2, bodyFile)];
+    // All four stay up (idle servers cost next to nothing) and take turns, in a
+    // rotating order, so drift in the machine's load falls on each alike.
+    for (const setup of setups) load(setup.url, options.rows, 1); // warm-up
+    const rps = setups.map(() => [] as number[]);
+    let errors = 0;
+    for (let round = 0; round < rounds; round++) {
+      for (let k = 0; k < setups.length; k++) {
+        const i = (k + round) % setups.length;
+        const result = load(setups[i]!.url, options.rows, seconds);
+        rps[i]!.push(result.rps);
+        errors += result.errors + result.non2xx;
+        log(`round ${round + 1}, ${setups[i]!.name}: ${result.rps.toFixed(0)} req/s`);
+      }
+    }
+    const [oursOneRps, oursTwoRps, bareOneRps, bareTwoRps] = rps.map(median) as [number, number, number, number];
+    const oursSpeedup = oursTwoRps / oursOneRps;
+    const bareSpeedup = bareTwoRps / bareOneRps;
+    const speedupRatio = oursSpeedup / bareSpeedup;
+    return {
+      ours: { one: oursOneRps, two: oursTwoRps },
+      bare: { one: bareOneRps, two: bareTwoRps },
+      oursSpeedup,
+      bareSpeedup,
+      gainRatio: (oursTwoRps - oursOneRps) / (bareTwoRps - bareOneRps),
+      speedupRatio,
+      met: speedupRatio >= 0.9,
+      errors,
+    };
+  } finally {
+    await Promise.all(children.map(stop));
+  }
+}
+
+/** bench/bare.ts in `workers` cluster workers on one port; tells the parent when all listen. */
+function bareCluster(workers: number, port: string, bodyFile: string): void {
+  cluster.setupPrimary({ exec: path.join(root, 'bench/bare.ts'), args: ['const', port, bodyFile], execArgv: tsx });
+  let ready = 0;
+  for (let i = 0; i < workers; i++) {
+    cluster.fork().on('message', (message) => {
+      if (message === 'ready' && ++ready === workers) process.send?.('ready');
+    });
+  }
+  process.once('SIGTERM', () => {
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill('SIGTERM');
+    process.exit(0);
+  });
+}
+
+async function standalone(): Promise<void> {
+  const rows = Number(process.env.BENCH_ROWS ?? 100_000);
+  const { startPostgres, startRedis } = await import('../test/support/servers.js');
+  const { tempDir, writeParquet } = await import('../test/support/fixtures.js');
+  log(`building (tsc) and starting Postgres and Redis; ${rows} entities`);
+  execFileSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'inherit' });
+  const postgres = await startPostgres();
+  const redis = await startRedis();
+  try {
+    const dir = await tempDir('bench-scale');
+    const parquet = await writeParquet(
+      path.join(dir, 'bench.parquet'),
+      `SELECT 'e' || lpad(i::VARCHAR, 7, '0') AS id, TIMESTAMP '2026-01-01' + INTERVAL (i % 86400) SECOND AS updated_at,
+              i % 1000 AS i1, (hash(i) % 1000000) / 1000.0 AS d1, 'cat_' || (i % 50) AS s1, i % 2 = 0 AS b1
+         FROM range(1, ${rows + 1}) t(i)`,
+    );
+    const jobs = path.join(dir, 'jobs');
+    await mkdir(jobs);
+    const features = { i1: { type: 'integer' }, d1: { type: 'double' }, s1: { type: 'string' }, b1: { type: 'boolean' } };
+    await writeFile(path.join(jobs, 'bench.yaml'), JSON.stringify({ view: 'bench', source: parquet, entity_key: 'id', event_time: 'updated_at', features, schedule: '0 0 1 1 *', freshness: '3650d' }));
+    execFileSync('chmod', ['-R', 'a+rX', dir]);
+    const env = { ...process.env, DATABASE_URL: postgres.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: jobs, LOG_LEVEL: 'warn' };
+    execFileSync(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    const result = await measureScale({ env, rows, workDir: dir });
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    await redis.destroy();
+    await postgres.destroy();
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  if (process.argv[2] === 'bare-cluster') bareCluster(Number(process.argv[3]), process.argv[4]!, process.argv[5]!);
+  else await standalone();
+}

@@ -1,0 +1,271 @@
+// Owns running on every core (WEB_CONCURRENCY > 1, servers only): the primary
+// process forks that many workers that each run the HTTP server on the one
+// shared port (Node's cluster hands connections round-robin), with their
+// schedulers off. The primary serves nothing: it keeps the one scheduler and
+// sync runner of the machine (each run still in its own child process), so
+// syncs happen in one place, off the serving processes, and it tells the
+// workers at once when a run published a version. It also answers /metrics
+// for every worker: a worker asks it, it gathers every process's registry
+// (its own sync metrics included) and aggregates them with prom-client.
+import cluster, { type Worker } from 'node:cluster';
+import client, { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import type { Hono } from 'hono';
+import { ConfigError, type Config } from './config/index.js';
+import { loadJobDefinitions } from './jobs/definition.js';
+import type { Logger } from './observability/log.js';
+import { Metrics } from './observability/metrics.js';
+import type { Catalog } from './stores/catalog.js';
+import { ensureSchema } from './stores/metadata.js';
+import { PostgresDatabase } from './stores/postgres.js';
+import { RedisHotTier } from './stores/redis.js';
+import { SyncRunner } from './sync/runner.js';
+import { Scheduler } from './sync/scheduler.js';
+
+/** A worker that has not reported its metrics by then fails the scrape, loudly, rather than leave a hole in the sums. */
+const GATHER_TIMEOUT_MS = 5_000;
+/** A worker that dies after it was serving is replaced after this pause (so a crash loop does not spin). */
+const RESPAWN_DELAY_MS = 1_000;
+
+type Fetch = Hono['fetch'];
+type Json = MetricObjectWithValues<MetricValue<string>>[];
+
+type ToPrimary = { t: 'fs:ready' } | { t: 'fs:metrics?'; id: number } | { t: 'fs:gathered'; id: number; metrics: Json } | { t: 'fs:gather-failed'; id: number; error: string };
+type ToWorker = { t: 'fs:gather'; id: number } | { t: 'fs:metrics'; id: number; text?: string; error?: string } | { t: 'fs:published'; view: string };
+
+const isMessage = (message: unknown): message is { t: string } => typeof message === 'object' && message !== null && typeof (message as { t?: unknown }).t === 'string' && (message as { t: string }).t.startsWith('fs:');
+
+/** A worker failed before it served: the cluster stops with the worker's exit code (2 for a configuration error). */
+export class WorkerStartError extends Error {
+  override name = 'WorkerStartError';
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+  }
+}
+
+/** The worker's configuration: it serves; the primary schedules and syncs. */
+export function servingOnly(config: Config): Config {
+  return Object.freeze({ ...config, schedulerEnabled: false, syncOnStart: false });
+}
+
+export interface ClusterPrimary {
+  /** Resolves when every worker listens; rejects (a WorkerStartError) when one could not, after stopping the rest. */
+  readonly ready: Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startPrimary(config: Config, log: Logger): Promise<ClusterPrimary> {
+  const jobs = await loadJobDefinitions(config.syncJobsDir);
+  const db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 4, applicationName: 'feature-serving-api:primary' });
+  // The runner hands stores to sync children only in the embedded mode (never clustered); it needs one to be built.
+  const hot = new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: config.redisTimeoutMs });
+  const closeStores = () => Promise.allSettled([db.close(), hot.close()]);
+  try {
+    // Once, before any worker, so workers start against a prepared schema.
+    await ensureSchema(db);
+  } catch (error) {
+    await closeStores();
+    throw new ConfigError(`cannot prepare the Postgres schema (is DATABASE_URL right and the server up?): ${(error as Error).message}`);
+  }
+  const metrics = new Metrics(undefined, config.slo.latencyThresholdMs / 1000);
+  const workers = new Map<Worker, { ready: boolean }>();
+  // To booting workers too: one that re-read the catalog before the publish hears of it here.
+  const broadcast = (message: ToWorker) => {
+    for (const worker of workers.keys()) if (worker.isConnected()) worker.send(message);
+  };
+  // Workers re-read the catalog every CATALOG_REFRESH_MS anyway; this makes a new version visible at once.
+  const runner = new SyncRunner({ config, jobs, db, hot, log, metrics, onPublished: (summary) => broadcast({ t: 'fs:published', view: summary.job }) });
+  const scheduler = new Scheduler(jobs, runner, log);
+
+  let stopping = false;
+  let started = false;
+  let seq = 0;
+  const pending = new Map<string, { resolve: (json: Json) => void; reject: (error: Error) => void }>();
+
+  const gather = async (): Promise<string> => {
+    const id = ++seq;
+    const live = [...workers].filter(([worker, state]) => state.ready && worker.isConnected()).map(([worker]) => worker);
+    const fromWorkers = live.map(
+      (worker) =>
+        new Promise<Json>((resolve, reject) => {
+          const key = `${worker.id}:${id}`;
+          const timer = setTimeout(() => {
+            pending.delete(key);
+            reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) did not report its metrics within ${GATHER_TIMEOUT_MS} ms`));
+          }, GATHER_TIMEOUT_MS);
+          pending.set(key, {
+            resolve: (json) => (clearTimeout(timer), resolve(json)),
+            reject: (error) => (clearTimeout(timer), reject(error)),
+          });
+          worker.send({ t: 'fs:gather', id } satisfies ToWorker);
+        }),
+    );
+    const all = await Promise.all([metrics.registry.getMetricsAsJSON() as Promise<Json>, ...fromWorkers]);
+    return AggregatorRegistry.aggregate(all).metrics();
+  };
+
+  let startFailed: (error: WorkerStartError) => void = () => undefined;
+  const failedAtStart = new Promise<never>((_, reject) => (startFailed = reject));
+  let readyCount = 0;
+  let allReady: () => void = () => undefined;
+  const ready = new Promise<void>((resolve) => (allReady = resolve));
+
+  const onMessage = (worker: Worker, message: unknown) => {
+    if (!isMessage(message)) return;
+    const m = message as ToPrimary;
+    if (m.t === 'fs:ready') {
+      const state = workers.get(worker);
+      if (state && !state.ready) {
+        state.ready = true;
+        if (++readyCount === config.webConcurrency) allReady();
+      }
+    } else if (m.t === 'fs:gathered' || m.t === 'fs:gather-failed') {
+      const waiter = pending.get(`${worker.id}:${m.id}`);
+      pending.delete(`${worker.id}:${m.id}`);
+      if (m.t === 'fs:gathered') waiter?.resolve(m.metrics);
+      else waiter?.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) could not read its metrics: ${m.error}`));
+    } else if (m.t === 'fs:metrics?') {
+      void gather().then(
+        (text) => worker.isConnected() && worker.send({ t: 'fs:metrics', id: m.id, text } satisfies ToWorker),
+        (error: Error) => worker.isConnected() && worker.send({ t: 'fs:metrics', id: m.id, error: error.message } satisfies ToWorker),
+      );
+    }
+  };
+  const fork = () => {
+    const worker = cluster.fork();
+    workers.set(worker, { ready: false });
+  };
+  const onExit = (worker: Worker, code: number | null, signal: string | null) => {
+    const state = workers.get(worker);
+    workers.delete(worker);
+    for (const [key, waiter] of pending) if (key.startsWith(`${worker.id}:`) && pending.delete(key)) waiter.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) exited while its metrics were gathered`));
+    if (stopping) return;
+    if (!state?.ready && !started) {
+      startFailed(new WorkerStartError(`a serving worker exited (${signal ?? `code ${code}`}) before it listened; see its error above`, code || 1));
+      return;
+    }
+    log.error('cluster.worker_died', { worker: worker.id, pid: worker.process.pid, code, signal, message: `replacing it in ${RESPAWN_DELAY_MS} ms` });
+    setTimeout(() => stopping || fork(), RESPAWN_DELAY_MS).unref();
+  };
+  cluster.on('message', onMessage);
+  cluster.on('exit', onExit);
+
+  const stopWorkers = async () => {
+    const exits = [...workers.keys()].map((worker) => new Promise<void>((resolve) => (worker.isDead() ? resolve() : worker.once('exit', () => resolve()))));
+    for (const worker of workers.keys()) worker.process.kill('SIGTERM');
+    await Promise.all(exits);
+  };
+
+  for (let i = 0; i < config.webConcurrency; i++) fork();
+  // Syncs need no worker: they start while the workers boot.
+  if (config.schedulerEnabled) scheduler.start();
+  if (config.syncOnStart) {
+    void (async () => {
+      for (const job of jobs) {
+        if (stopping) return;
+        await runner.run(job.view, 'startup').catch((error: Error) => log.error('sync.startup_failed', { job: job.view, error }));
+      }
+    })();
+  }
+  const readiness = (async () => {
+    try {
+      await Promise.race([ready, failedAtStart]);
+    } catch (error) {
+      stopping = true;
+      scheduler.stop();
+      await stopWorkers();
+      await runner.abandonAll('the server failed to start');
+      await closeStores();
+      throw error;
+    }
+    started = true;
+    log.info('cluster.listening', { port: config.port, host: config.host, workers: [...workers.keys()].map((w) => w.process.pid), views: jobs.map((j) => j.view) });
+  })();
+
+  let closing: Promise<void> | undefined;
+  return {
+    ready: readiness,
+    close: () =>
+      (closing ??= (async () => {
+        stopping = true;
+        scheduler.stop();
+        // Workers finish their requests in progress and exit; meanwhile a running sync gets its grace.
+        const workersDone = stopWorkers();
+        await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
+        await runner.abandonAll('the server shut down before the run finished');
+        await workersDone;
+        cluster.off('message', onMessage);
+        cluster.off('exit', onExit);
+        await closeStores();
+      })()),
+  };
+}
+
+export interface ClusterWorkerHooks {
+  /** Wires a worker's server into the cluster; returns the fetch handler to serve. */
+  attach(parts: { metrics: Metrics; catalog: Catalog }, fetch: Fetch): Fetch;
+}
+
+/** In a cluster worker: /metrics shows every process, and a version the primary published is served at once. */
+export function clusterWorker(log: Logger): ClusterWorkerHooks {
+  return {
+    attach({ metrics, catalog }, fetch) {
+      const name = `worker-${cluster.worker?.id ?? 0}`;
+      // Kept per process (a label per worker), so the spread of load over the workers shows.
+      const requests = new client.Counter({
+        name: 'featurestore_process_requests_total',
+        help: 'HTTP requests answered, per serving process of the machine.',
+        labelNames: ['process'] as const,
+        registers: [metrics.registry],
+      });
+      requests.inc({ process: name }, 0);
+      let seq = 0;
+      const waiting = new Map<number, { resolve: (text: string) => void; reject: (error: Error) => void }>();
+      process.on('message', (message: unknown) => {
+        if (!isMessage(message)) return;
+        const m = message as ToWorker;
+        if (m.t === 'fs:gather') {
+          metrics.registry.getMetricsAsJSON().then(
+            (json) => toPrimary({ t: 'fs:gathered', id: m.id, metrics: json as Json }),
+            (error: Error) => toPrimary({ t: 'fs:gather-failed', id: m.id, error: error.message }),
+          );
+        } else if (m.t === 'fs:metrics') {
+          const waiter = waiting.get(m.id);
+          waiting.delete(m.id);
+          if (m.text !== undefined) waiter?.resolve(m.text);
+          else waiter?.reject(new Error(`the cluster's metrics could not be gathered: ${m.error}`));
+        } else if (m.t === 'fs:published') {
+          catalog.refresh().catch((error: Error) => log.warn('catalog.refresh_failed', { view: m.view, error }));
+        }
+      });
+      // A publish announced before this listener existed is caught by reading the catalog again now.
+      catalog.refresh().catch((error: Error) => log.warn('catalog.refresh_failed', { error }));
+      metrics.exposition = () =>
+        new Promise<string>((resolve, reject) => {
+          const id = ++seq;
+          const timer = setTimeout(() => {
+            waiting.delete(id);
+            reject(new Error(`the primary process did not answer for the cluster's metrics within ${2 * GATHER_TIMEOUT_MS} ms`));
+          }, 2 * GATHER_TIMEOUT_MS);
+          waiting.set(id, { resolve: (text) => (clearTimeout(timer), resolve(text)), reject: (error) => (clearTimeout(timer), reject(error)) });
+          toPrimary({ t: 'fs:metrics?', id });
+        });
+      return (request, env, ctx) => {
+        requests.inc({ process: name });
+        return fetch(request, env, ctx);
+      };
+    },
+  };
+}
+
+/** Sends to the primary unless it is gone (then the worker is stopping: see 'disconnect' in server.ts). */
+function toPrimary(message: ToPrimary): void {
+  if (process.connected) process.send?.(message);
+}
+
+/** Tells the primary this worker is serving. */
+export function announceReady(): void {
+  toPrimary({ t: 'fs:ready' });
+}
