@@ -56,7 +56,6 @@ const envSchema = z.object({
   WEB_CONCURRENCY: positiveInt.max(256).optional(),
   // (used by the cluster/replica support)
   REDIS_CLUSTER_NODES: z.string().optional(),
-  DATABASE_REPLICA_URLS: z.string().optional(),
 });
 
 /** Every environment variable the service reads (deployment descriptions are checked against it). */
