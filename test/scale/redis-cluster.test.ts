@@ -11,7 +11,7 @@ import { startServer, type RunningServer } from '../../src/server.js';
 import { createHotTier, redisClientOf } from '../../src/stores/create-hot-tier.js';
 import { hotKey } from '../../src/stores/hot-tier.js';
 import { RateLimiter } from '../../src/stores/rate-limit.js';
-import { RedisClusterHotTier } from '../../src/stores/redis-cluster.js';
+import { keySlot, RedisClusterHotTier } from '../../src/stores/redis-cluster.js';
 import { RedisHotTier } from '../../src/stores/redis.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet, type JobYaml } from '../support/fixtures.js';
@@ -102,6 +102,11 @@ describe('Redis Cluster', () => {
       });
       expect(await tier.get([hotKey('spread', 1, 'e42')])).toEqual([JSON.stringify(['2026-01-01T00:00:00.000Z', 42])]);
       expect(await tier.get([hotKey('spread', 1, 'nope')])).toEqual([null]);
+    });
+
+    it('computes key slots as the cluster does (hash tags, UTF-8)', async () => {
+      const keys = ['', 'a', 'fs:view:1:e0000001', hotKey('v', 12, 'ü-entity-ß'), 'user:{1000}:name', '{user1000}.following', 'foo{}{bar}', 'foo{{bar}}zap', 'foo{bar}{zap}', '{', 'x}{y', '日本語{タグ}', ...Array.from({ length: 200 }, (_, i) => `fs:spread:${i % 7}:k${i * 7919}`)];
+      for (const key of keys) expect([key, keySlot(key)]).toEqual([key, await tier.client.cluster('KEYSLOT', key)]);
     });
 
     it('gives fills their TTL', async () => {
