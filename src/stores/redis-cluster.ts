@@ -38,6 +38,12 @@ export interface RedisClusterOptions {
 
 const SCAN_COUNT = 1000;
 
+/** The cluster did not answer in time; a timeout like a socket's, so a sync retries it. */
+export class RedisClusterTimeoutError extends Error {
+  override name = 'RedisClusterTimeoutError';
+  readonly code = 'ETIMEDOUT';
+}
+
 export class RedisClusterHotTier implements HotTier {
   readonly kind = 'redis' as const;
   readonly client: Cluster;
@@ -92,6 +98,8 @@ export class RedisClusterHotTier implements HotTier {
 
   async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
     if (entries.length === 0) return;
+    // A sync may start writing before the slot map has arrived; wait for it within the same bound.
+    if (this.client.status !== 'ready') await this.ready(this.timeoutMs);
     await this.within(
       `write of ${entries.length} keys`,
       Promise.all(
@@ -145,7 +153,7 @@ export class RedisClusterHotTier implements HotTier {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.client.off('ready', onReady);
-        reject(new Error(`the Redis Cluster did not become ready within ${timeoutMs} ms (are the REDIS_CLUSTER_NODES seeds right and cluster_state ok?)`));
+        reject(new RedisClusterTimeoutError(`the Redis Cluster did not become ready within ${timeoutMs} ms (are the REDIS_CLUSTER_NODES seeds right and cluster_state ok?)`));
       }, timeoutMs);
       const onReady = () => {
         clearTimeout(timer);
@@ -197,7 +205,7 @@ export class RedisClusterHotTier implements HotTier {
   private within<T>(what: string, work: Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`Redis Cluster ${what} did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
+      timer = setTimeout(() => reject(new RedisClusterTimeoutError(`Redis Cluster ${what} did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
     });
     return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
   }
