@@ -11,6 +11,7 @@
 // build (it expects dist/ to be current).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -24,6 +25,8 @@ export interface ClusterLoadResult {
   p99: number;
   errors: number;
   non2xx: number;
+  /** CPU time of the API process per request (µs): less sensitive to other load on the machine than requests/s. */
+  apiCpuUs?: number;
 }
 
 export interface ClusterBenchOptions {
@@ -63,7 +66,15 @@ const medianOf = (results: ClusterLoadResult[]): ClusterLoadResult => ({
   p99: median(results.map((r) => r.p99)),
   errors: results.reduce((a, r) => a + r.errors, 0),
   non2xx: results.reduce((a, r) => a + r.non2xx, 0),
+  apiCpuUs: median(results.map((r) => r.apiCpuUs ?? 0)),
 });
+
+/** User + system CPU seconds of a process so far, from /proc. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
 
 // Ten features of mixed types, ids in bench/load.ts's format.
 const FEATURES = {
@@ -122,11 +133,13 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
   const batchSize = options.batch ?? 100;
   const log = options.log ?? ((message: string) => process.stderr.write(`[bench:cluster] ${message}\n`));
 
-  const load = (port: number, batch: number): ClusterLoadResult => {
+  const load = (port: number, batch: number, pid?: number): ClusterLoadResult => {
+    const cpuBefore = pid ? cpuSeconds(pid) : 0;
     const target = batch ? `http://127.0.0.1:${port}/features/v1/batch` : `http://127.0.0.1:${port}/features/v1/{id}?view=bench`;
     const args = [...tsx, path.join(root, 'bench/load.ts'), target, String(rows), String(seconds), String(connections), batch ? 'POST' : 'GET', String(batch)];
     const result = JSON.parse(execFileSync(process.execPath, args, { encoding: 'utf8' }).trim().split('\n').at(-1)!) as ClusterLoadResult;
     if (result.errors || result.non2xx) log(`load on ${target}: ${result.errors} errors, ${result.non2xx} non-2xx`);
+    if (pid) result.apiCpuUs = ((cpuSeconds(pid) - cpuBefore) * 1e6) / Math.max(1, result.rps * seconds);
     return result;
   };
 
@@ -161,6 +174,7 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     }
     const ports = { node: await freePort(), cluster: await freePort() };
     apis.push(await startApi(envs.node, ports.node), await startApi(envs.cluster, ports.cluster));
+    const pids = { node: apis[0]!.pid!, cluster: apis[1]!.pid! };
 
     // Warm-up, then alternating rounds.
     load(ports.node, 0);
@@ -168,11 +182,12 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     const runs = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], nodeBatch: [] as ClusterLoadResult[], clusterBatch: [] as ClusterLoadResult[] };
     for (let i = 0; i < rounds; i++) {
       const [first, second] = i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const);
-      runs[first].push(load(ports[first], 0));
-      runs[second].push(load(ports[second], 0));
-      runs[`${first}Batch`].push(load(ports[first], batchSize));
-      runs[`${second}Batch`].push(load(ports[second], batchSize));
-      log(`round ${i + 1}: node ${runs.node.at(-1)!.rps.toFixed(0)} req/s, cluster ${runs.cluster.at(-1)!.rps.toFixed(0)} req/s; batches node ${runs.nodeBatch.at(-1)!.rps.toFixed(0)}, cluster ${runs.clusterBatch.at(-1)!.rps.toFixed(0)}`);
+      runs[first].push(load(ports[first], 0, pids[first]));
+      runs[second].push(load(ports[second], 0, pids[second]));
+      runs[`${first}Batch`].push(load(ports[first], batchSize, pids[first]));
+      runs[`${second}Batch`].push(load(ports[second], batchSize, pids[second]));
+      const show = (r: ClusterLoadResult) => `${r.rps.toFixed(0)} req/s (${r.apiCpuUs!.toFixed(0)} µs CPU/req)`;
+      log(`round ${i + 1}: node ${show(runs.node.at(-1)!)}, cluster ${show(runs.cluster.at(-1)!)}; batches node ${show(runs.nodeBatch.at(-1)!)}, cluster ${show(runs.clusterBatch.at(-1)!)}`);
     }
     const node = medianOf(runs.node);
     const clustered = medianOf(runs.cluster);

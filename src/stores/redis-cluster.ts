@@ -32,7 +32,7 @@ export interface RedisClusterOptions {
   readonly nodes: readonly { readonly host: string; readonly port: number }[];
   /** Bound on any one call (a read, a batch write); it fails after this and the reader falls back. */
   readonly commandTimeoutMs: number;
-  /** How often the slot map is refreshed, so a failover is noticed without waiting for a MOVED. */
+  /** How often the slot map is refreshed (default 5 s), so a failover is noticed even where no MOVED says so. */
   readonly slotsRefreshMs?: number;
 }
 
@@ -48,6 +48,7 @@ export class RedisClusterHotTier implements HotTier {
   readonly kind = 'redis' as const;
   readonly client: Cluster;
   private readonly timeoutMs: number;
+  private masters: Map<string, Redis> | undefined;
 
   constructor(options: RedisClusterOptions) {
     if (options.nodes.length === 0) throw new Error('a Redis Cluster needs at least one seed node (REDIS_CLUSTER_NODES)');
@@ -63,7 +64,8 @@ export class RedisClusterHotTier implements HotTier {
         retryDelayOnClusterDown: 0,
         retryDelayOnTryAgain: 50,
         maxRedirections: 4,
-        slotsRefreshInterval: options.slotsRefreshMs ?? 1000,
+        // Each refresh opens a connection and rebuilds a 16384-entry map; MOVED also triggers one.
+        slotsRefreshInterval: options.slotsRefreshMs ?? 5000,
         slotsRefreshTimeout: Math.max(options.commandTimeoutMs, 1000),
         // Keep trying to reach the cluster in the background, at most every 2 s.
         clusterRetryStrategy: (attempt) => Math.min(100 * attempt, 2000),
@@ -77,10 +79,11 @@ export class RedisClusterHotTier implements HotTier {
     // Node and connection errors surface on each command; the events themselves are not fatal.
     this.client.on('error', () => undefined);
     this.client.on('node error', () => undefined);
+    for (const event of ['+node', '-node', 'refresh', 'ready']) this.client.on(event, () => (this.masters = undefined));
   }
 
   async get(keys: readonly string[]): Promise<(string | null)[]> {
-    if (keys.length === 1) return [await this.within('read', this.client.get(keys[0]!))];
+    if (keys.length === 1) return [await this.within('read', this.getOne(keys[0]!))];
     const values: (string | null)[] = new Array(keys.length).fill(null);
     await this.within(
       `read of ${keys.length} keys`,
@@ -183,6 +186,30 @@ export class RedisClusterHotTier implements HotTier {
   }
 
   /**
+   * One key, straight to the connection of the master that owns its slot:
+   * the cluster client's routing costs more CPU than the GET itself. A master
+   * that no longer owns the slot answers MOVED (or ASK), and then the cluster
+   * client, which follows redirections and refreshes its slot map, reads it.
+   */
+  private async getOne(key: string): Promise<string | null> {
+    const owner = this.client.slots[keySlot(key)]?.[0];
+    const node = owner === undefined ? undefined : this.mastersByName().get(owner);
+    if (!node || node.status !== 'ready') return this.client.get(key);
+    try {
+      return await node.get(key);
+    } catch (error) {
+      if (/^(MOVED|ASK) /.test((error as Error).message)) return this.client.get(key);
+      throw error;
+    }
+  }
+
+  /** Connections by host:port, as the slot map names them; rebuilt after any topology change. */
+  private mastersByName(): Map<string, Redis> {
+    if (!this.masters) this.masters = new Map(this.client.nodes('master').map((node) => [nodeName(node), node]));
+    return this.masters;
+  }
+
+  /**
    * Groups item indexes by the nodes serving each key's slot (as ioredis
    * groups a cluster pipeline: master and replicas), so each group is one
    * pipeline that ioredis accepts and sends to one master.
@@ -237,31 +264,29 @@ const CRC16 = (() => {
  * check it against the server's CLUSTER KEYSLOT.
  */
 export function keySlot(key: string): number {
-  let bytes: Uint8Array | string = key;
-  for (let i = 0; i < key.length; i++) {
-    if (key.charCodeAt(i) > 0x7f) {
-      bytes = Buffer.from(key, 'utf8');
-      break;
-    }
-  }
-  const at = typeof bytes === 'string' ? (i: number) => (bytes as string).charCodeAt(i) : (i: number) => (bytes as Uint8Array)[i]!;
-  const length = bytes.length;
+  // The tag search works on the string: '{' and '}' are single bytes in UTF-8 and never part of another character.
   let start = 0;
-  let end = length;
-  for (let i = 0; i < length; i++) {
-    if (at(i) !== 0x7b) continue;
-    for (let j = i + 1; j < length; j++) {
-      if (at(j) !== 0x7d) continue;
-      if (j > i + 1) {
-        start = i + 1;
-        end = j;
-      }
-      break;
+  let end = key.length;
+  const open = key.indexOf('{');
+  if (open !== -1) {
+    const close = key.indexOf('}', open + 1);
+    if (close > open + 1) {
+      start = open + 1;
+      end = close;
     }
-    break;
   }
   let crc = 0;
-  for (let i = start; i < end; i++) crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ at(i)) & 0xff]!;
+  for (let i = start; i < end; i++) {
+    const code = key.charCodeAt(i);
+    if (code > 0x7f) return crc16Utf8(key.slice(start, end));
+    crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ code) & 0xff]!;
+  }
+  return crc & 0x3fff;
+}
+
+function crc16Utf8(text: string): number {
+  let crc = 0;
+  for (const byte of Buffer.from(text, 'utf8')) crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ byte) & 0xff]!;
   return crc & 0x3fff;
 }
 

@@ -109,6 +109,17 @@ describe('Redis Cluster', () => {
       for (const key of keys) expect([key, keySlot(key)]).toEqual([key, await tier.client.cluster('KEYSLOT', key)]);
     });
 
+    it('follows MOVED when its slot map is stale (a read sent to a master that no longer owns the slot)', async () => {
+      const key = hotKey('moved', 1, 'e1');
+      await tier.set([[key, 'right']]);
+      const slot = keySlot(key);
+      const owner = tier.client.slots[slot]![0]!;
+      const other = tier.client.nodes('master').map((n) => `${n.options.host}:${n.options.port}`).find((name) => name !== owner)!;
+      tier.client.slots[slot] = [other];
+      expect(await tier.get([key])).toEqual(['right']);
+      expect(tier.client.slots[slot]![0]).toBe(owner);
+    });
+
     it('gives fills their TTL', async () => {
       await tier.set([[hotKey('ttl', 3, 'a'), 'x'], [hotKey('ttl', 3, 'b'), 'y']], 120);
       for (const id of ['a', 'b']) {
