@@ -118,6 +118,13 @@ describe('Redis Cluster', () => {
       tier.client.slots[slot] = [other];
       expect(await tier.get([key])).toEqual(['right']);
       expect(tier.client.slots[slot]![0]).toBe(owner);
+      // A batch with one key sent to the wrong master: every value still in its place.
+      const batch = Array.from({ length: 50 }, (_, i) => hotKey('moved', 1, `b${i}`));
+      await tier.set(batch.map((k, i) => [k, `v${i}`] as const));
+      const stale = keySlot(batch[7]!);
+      const right = tier.client.slots[stale]![0]!;
+      tier.client.slots[stale] = [tier.client.nodes('master').map((n) => `${n.options.host}:${n.options.port}`).find((name) => name !== right)!];
+      expect(await tier.get([...batch, hotKey('moved', 1, 'absent')])).toEqual([...batch.map((_, i) => `v${i}`), null]);
     });
 
     it('gives fills their TTL', async () => {
