@@ -17,7 +17,7 @@ import { Metrics } from './observability/metrics.js';
 import type { Catalog } from './stores/catalog.js';
 import { ensureSchema } from './stores/metadata.js';
 import { PostgresDatabase } from './stores/postgres.js';
-import { RedisHotTier } from './stores/redis.js';
+import { createHotTier } from './stores/create-hot-tier.js';
 import { SyncRunner } from './sync/runner.js';
 import { Scheduler } from './sync/scheduler.js';
 
@@ -60,7 +60,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   const jobs = await loadJobDefinitions(config.syncJobsDir);
   const db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 4, applicationName: 'feature-serving-api:primary' });
   // The runner hands stores to sync children only in the embedded mode (never clustered); it needs one to be built.
-  const hot = new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: config.redisTimeoutMs });
+  const hot = createHotTier(config, config.redisTimeoutMs);
   const closeStores = () => Promise.allSettled([db.close(), hot.close()]);
   try {
     // Once, before any worker, so workers start against a prepared schema.

@@ -26,7 +26,7 @@ import { NotificationListener, PostgresDatabase, ReplicaSet } from './stores/pos
 import { FeatureReader, type FeatureSource } from './stores/reader.js';
 import { ProcessCache } from './stores/process-cache.js';
 import { RateLimiter } from './stores/rate-limit.js';
-import { RedisHotTier } from './stores/redis.js';
+import { createHotTier, redisClientOf } from './stores/create-hot-tier.js';
 import { SyncRunner } from './sync/runner.js';
 import { Scheduler } from './sync/scheduler.js';
 
@@ -55,7 +55,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const db: Database = config.embedded
     ? await PgliteDatabase.open(config.pgliteDataDir)
     : new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 20, statementTimeoutMs: config.requestTimeoutMs, clientTimeoutMs: config.requestTimeoutMs });
-  const hot: HotTier = config.embedded ? new MemoryHotTier() : new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: config.redisTimeoutMs });
+  const hot: HotTier = config.embedded ? new MemoryHotTier() : createHotTier(config, config.redisTimeoutMs);
   try {
     await ensureSchema(db);
   } catch (error) {
@@ -124,7 +124,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
   // Buckets live in Redis when there is one, so all processes share them.
-  const rateLimiter = apiKeys ? new RateLimiter(hot instanceof RedisHotTier ? hot.client : undefined) : undefined;
+  const rateLimiter = apiKeys ? new RateLimiter(redisClientOf(hot)) : undefined;
   const app = createApp({ catalog, reader, replicas, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {

@@ -14,7 +14,7 @@ import { createLogger } from '../observability/log.js';
 import { createApiKey, listApiKeys, revokeApiKey } from '../stores/api-keys.js';
 import { ensureSchema, listRuns, rollbackView } from '../stores/metadata.js';
 import { PostgresDatabase } from '../stores/postgres.js';
-import { RedisHotTier } from '../stores/redis.js';
+import { createHotTier } from '../stores/create-hot-tier.js';
 import { jobLockKey, runSync } from '../sync/engine.js';
 import { lowerPriority } from '../sync/runner.js';
 
@@ -93,7 +93,7 @@ async function main(argv: string[]): Promise<void> {
   const job = findJob(config, jobs, name);
   if (command === 'backfill' && job.mode !== 'incremental') throw new ExitError(`${job.view} is a snapshot job; backfill applies to incremental jobs (every snapshot run reads all rows)`, 2);
   const db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 4, applicationName: `feature-ctl:${job.view}`, statementTimeoutMs: config.syncTimeoutMs });
-  const hot = new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: 30_000 });
+  const hot = createHotTier(config, 30_000);
   try {
     await ensureSchema(db).catch((error: Error) => {
       throw new ExitError(`${command} of ${job.view} could not run: Postgres: ${error.message}`, 1);

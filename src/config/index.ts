@@ -23,6 +23,20 @@ const envSchema = z.object({
     .pipe(z.array(z.string().url({ error: 'expected a comma-separated list of postgres:// URLs' })))
     .optional(),
   DATABASE_REPLICA_POLL_MS: positiveInt.default(250),
+  REDIS_CLUSTER_NODES: z
+    .string()
+    .transform((text) => text.split(',').map((seed) => seed.trim()).filter(Boolean))
+    .pipe(
+      z
+        .array(
+          z
+            .string()
+            .regex(/^[^\s:,]+:\d{1,5}$/, 'expected comma-separated host:port seeds such as redis-a:6379,redis-b:6379')
+            .refine((seed) => Number(seed.split(':')[1]) >= 1 && Number(seed.split(':')[1]) <= 65535, 'a seed port must be from 1 to 65535'),
+        )
+        .min(1, 'expected at least one host:port seed'),
+    )
+    .optional(),
   SYNC_JOBS_DIR: z.string().min(1).default('sync-jobs'),
   PGLITE_DATA_DIR: z.string().min(1).optional(),
   SYNC_ON_START: bool.optional(),
@@ -54,8 +68,6 @@ const envSchema = z.object({
   LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
   REQUEST_LOG_LEVEL: z.enum(['debug', 'info', 'warn']).default('debug'),
   WEB_CONCURRENCY: positiveInt.max(256).optional(),
-  // (used by the cluster/replica support)
-  REDIS_CLUSTER_NODES: z.string().optional(),
 });
 
 /** Every environment variable the service reads (deployment descriptions are checked against it). */
@@ -74,6 +86,8 @@ export interface Config {
   readonly databaseReplicaUrls: readonly string[];
   /** How often each replica's replay progress and health are checked. */
   readonly replicaPollMs: number;
+  /** Redis Cluster seed nodes (instead of redisUrl); the client learns the rest of the topology from them. */
+  readonly redisClusterNodes: readonly { readonly host: string; readonly port: number }[] | undefined;
   readonly embedded: boolean;
   readonly syncJobsDir: string;
   readonly pgliteDataDir: string | undefined;
@@ -137,11 +151,14 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     throw new ConfigError(`invalid environment:\n${lines.join('\n')}`);
   }
   const e = parsed.data;
-  if (Boolean(e.DATABASE_URL) !== Boolean(e.REDIS_URL)) {
+  if (e.REDIS_URL && e.REDIS_CLUSTER_NODES) {
+    throw new ConfigError('set REDIS_URL for one Redis node or REDIS_CLUSTER_NODES for a Redis Cluster, not both');
+  }
+  if (Boolean(e.DATABASE_URL) !== Boolean(e.REDIS_URL || e.REDIS_CLUSTER_NODES)) {
     // Half-embedded setups hide which store is the source of truth; refuse them.
     throw new ConfigError(
-      'set both DATABASE_URL and REDIS_URL to use servers, or neither for the embedded mode ' +
-        `(DATABASE_URL is ${e.DATABASE_URL ? 'set' : 'unset'}, REDIS_URL is ${e.REDIS_URL ? 'set' : 'unset'})`,
+      'set both DATABASE_URL and REDIS_URL (or REDIS_CLUSTER_NODES) to use servers, or neither for the embedded mode ' +
+        `(DATABASE_URL is ${e.DATABASE_URL ? 'set' : 'unset'}, REDIS_URL is ${e.REDIS_URL ? 'set' : 'unset'}, REDIS_CLUSTER_NODES is ${e.REDIS_CLUSTER_NODES ? 'set' : 'unset'})`,
     );
   }
   const embedded = !e.DATABASE_URL;
@@ -155,6 +172,9 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     redisUrl: e.REDIS_URL,
     databaseReplicaUrls: Object.freeze([...(e.DATABASE_REPLICA_URLS ?? [])]),
     replicaPollMs: e.DATABASE_REPLICA_POLL_MS,
+    redisClusterNodes: e.REDIS_CLUSTER_NODES
+      ? Object.freeze(e.REDIS_CLUSTER_NODES.map((seed) => Object.freeze({ host: seed.split(':')[0]!, port: Number(seed.split(':')[1]) })))
+      : undefined,
     embedded,
     syncJobsDir: path.resolve(cwd, e.SYNC_JOBS_DIR),
     pgliteDataDir: e.PGLITE_DATA_DIR ? path.resolve(cwd, e.PGLITE_DATA_DIR) : undefined,

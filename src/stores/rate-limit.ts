@@ -2,7 +2,7 @@
 // kept in Redis when there is one so that every server process draws on the
 // same bucket, and in this process otherwise (or while Redis is unreachable,
 // so a Redis outage never lifts the limit entirely).
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 
 export interface RateDecision {
   readonly allowed: boolean;
@@ -50,7 +50,8 @@ function decide(allowed: boolean, tokens: number, limit: RateLimit): RateDecisio
 export class RateLimiter {
   private readonly local = new Map<string, { tokens: number; at: number }>();
 
-  constructor(private readonly redis: Redis | undefined) {}
+  // On a Redis Cluster the script touches one key, so it runs on that key's master.
+  constructor(private readonly redis: Redis | Cluster | undefined) {}
 
   async take(keyId: string, limit: RateLimit): Promise<RateDecision> {
     if (this.redis && this.redis.status === 'ready') {

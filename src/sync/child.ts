@@ -8,7 +8,7 @@ import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import type { RunTrigger } from '../stores/metadata.js';
 import { PostgresDatabase } from '../stores/postgres.js';
-import { RedisHotTier } from '../stores/redis.js';
+import { createHotTier } from '../stores/create-hot-tier.js';
 import { createLogger } from '../observability/log.js';
 import { setupTracing } from '../observability/tracing.js';
 import { runSync, type RunOptions, type RunSummary } from './engine.js';
@@ -52,7 +52,7 @@ async function run(request: ChildRequest): Promise<void> {
     hot = remote.hotTier(request.remote.hot);
   } else {
     db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 4, applicationName: `feature-sync:${job.view}`, statementTimeoutMs: config.syncTimeoutMs });
-    hot = new RedisHotTier({ url: config.redisUrl!, commandTimeoutMs: SYNC_REDIS_TIMEOUT_MS });
+    hot = createHotTier(config, SYNC_REDIS_TIMEOUT_MS);
   }
   const log = createLogger(config.logLevel, { component: 'sync', pid: process.pid });
   const tracing = setupTracing({ otlpEndpoint: config.otlpEndpoint, serviceName: config.serviceName });

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import YAML from 'yaml';
-import { ENV_KEYS } from '../../src/config/index.js';
+import { ENV_KEYS, loadConfig } from '../../src/config/index.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { serverConfig } from '../support/fixtures.js';
 
@@ -96,6 +96,35 @@ describe('deployment descriptions', () => {
     expect(containers).toBeGreaterThanOrEqual(2);
     expect(set.length).toBeGreaterThan(10);
     expect(set.filter((s) => !known.has(s.name))).toEqual([]);
+  });
+
+  it('give our processes environments the server accepts as they are (values too, not only names)', () => {
+    const environments: { where: string; env: Record<string, string> }[] = [];
+    for (const [name, service] of Object.entries(compose().services as Obj)) {
+      if (!ours(service.image)) continue;
+      const env = service.environment ?? {};
+      environments.push({ where: `compose service ${name}`, env: Array.isArray(env) ? Object.fromEntries(env.map((e: string) => [e.split('=')[0], e.slice(e.indexOf('=') + 1)])) : Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)])) });
+    }
+    const docs = k8s();
+    const data = (kind: string, name: string) => {
+      const doc = docs.find((d) => d.kind === kind && d.metadata.name === name)!;
+      return Object.fromEntries(Object.entries({ ...doc.data, ...doc.stringData }).map(([k, v]) => [k, kind === 'Secret' && doc.data?.[k] ? Buffer.from(String(v), 'base64').toString() : String(v)]));
+    };
+    for (const doc of docs.filter((d) => d.spec?.template?.spec?.containers)) {
+      for (const container of doc.spec.template.spec.containers as Obj[]) {
+        if (!ours(container.image)) continue;
+        const env: Record<string, string> = {};
+        for (const from of container.envFrom ?? []) Object.assign(env, from.configMapRef ? data('ConfigMap', from.configMapRef.name) : data('Secret', from.secretRef.name));
+        for (const e of container.env ?? []) if (e.value !== undefined) env[e.name] = String(e.value);
+        environments.push({ where: `${doc.kind} ${doc.metadata.name}`, env });
+      }
+    }
+    expect(environments.length).toBeGreaterThanOrEqual(3);
+    for (const { where, env } of environments) {
+      // Placeholders such as ${VAR} in Compose stand for a value given at deploy time; any URL will do here.
+      const resolved = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v.replace(/\$\{[^}]+\}/g, 'x')]));
+      expect(() => loadConfig(resolved), where).not.toThrow();
+    }
   });
 
   it('use the Dockerfile\'s image, port and entry points', () => {

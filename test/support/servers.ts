@@ -3,7 +3,7 @@
 // run as root, so as root it runs as the `postgres` user.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { chown, mkdtemp, rm } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -288,4 +288,103 @@ export async function startPostgresReplica(primary: PostgresServer): Promise<Pos
     },
   };
   return server;
+}
+
+export interface RedisClusterServer {
+  /** Seeds for REDIS_CLUSTER_NODES: every node, as host:port. */
+  readonly nodes: string;
+  readonly ports: readonly number[];
+  /** Ports of the nodes that are masters now (asked of the nodes themselves). */
+  masters(): Promise<number[]>;
+  /** SIGKILLs one node: no shutdown, no goodbye to the cluster, as a crash would. */
+  kill(port: number): void;
+  /** Resolves once `masters` live nodes are masters and every live node reports cluster_state:ok with that many serving slots. */
+  waitHealthy(timeoutMs?: number, masters?: number): Promise<void>;
+  destroy(): Promise<void>;
+}
+
+function redisCli(port: number, ...args: string[]): string {
+  return execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 });
+}
+
+/**
+ * A Redis Cluster of three masters with one replica each, on loopback: six
+ * redis-server processes (each with its own cluster bus port) joined by
+ * `redis-cli --cluster create`. A short node timeout makes a failover take
+ * seconds, not the default fifteen.
+ */
+export async function startRedisCluster(): Promise<RedisClusterServer> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'fs-redis-cluster-'));
+  const ports: number[] = [];
+  const children = new Map<number, ChildProcess>();
+  const destroy = async () => {
+    await Promise.all(
+      [...children.values()].map(async (proc) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return;
+        const exited = new Promise((r) => proc.once('exit', r));
+        proc.kill('SIGKILL');
+        await exited;
+      }),
+    );
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    for (let i = 0; i < 6; i++) {
+      const port = await freePort();
+      let busPort = await freePort();
+      while (busPort === port || ports.includes(busPort)) busPort = await freePort();
+      ports.push(port);
+      const nodeDir = path.join(dir, String(port));
+      await mkdir(nodeDir);
+      const proc = spawn(
+        'redis-server',
+        [
+          '--port', String(port), '--bind', '127.0.0.1', '--protected-mode', 'no', '--dir', nodeDir,
+          '--cluster-enabled', 'yes', '--cluster-port', String(busPort), '--cluster-config-file', path.join(nodeDir, 'nodes.conf'),
+          '--cluster-node-timeout', '2000', '--appendonly', 'no', '--save', '',
+        ],
+        { stdio: 'ignore' },
+      );
+      children.set(port, proc);
+      liveChildren.add(proc);
+      proc.once('exit', () => liveChildren.delete(proc));
+      const failed = new Promise<never>((_, reject) => proc.once('error', (error) => reject(new Error(`cannot start redis-server (apt-get install redis-server): ${error.message}`))));
+      await Promise.race([waitFor(`Redis cluster node on ${port}`, 10_000, () => redisAnswers(port)), failed]);
+    }
+    execFileSync('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 60_000,
+    });
+  } catch (error) {
+    await destroy();
+    throw error;
+  }
+  const alive = () => ports.filter((p) => children.get(p)!.exitCode === null && children.get(p)!.signalCode === null);
+  const masters = async () => alive().filter((p) => /^role:master/m.test(redisCli(p, 'INFO', 'replication')));
+  const waitHealthy = async (timeoutMs = 30_000, expectedMasters = 3) =>
+    waitFor(`Redis Cluster (${expectedMasters} live masters, cluster_state:ok on every node)`, timeoutMs, async () => {
+      if ((await masters()).length !== expectedMasters) return false;
+      return alive().every((p) => {
+        const info = redisCli(p, 'CLUSTER', 'INFO');
+        return info.includes('cluster_state:ok') && info.includes(`cluster_size:${expectedMasters}`);
+      });
+    });
+  const cluster: RedisClusterServer = {
+    nodes: ports.map((p) => `127.0.0.1:${p}`).join(','),
+    ports,
+    masters,
+    kill: (port) => children.get(port)?.kill('SIGKILL'),
+    waitHealthy,
+    destroy,
+  };
+  try {
+    await waitHealthy();
+    // Replicas attached and in sync, so a failover has someone to promote.
+    await waitFor('Redis Cluster replicas in sync', 30_000, async () => (await masters()).every((p) => /connected_slaves:1/.test(redisCli(p, 'INFO', 'replication'))));
+  } catch (error) {
+    await destroy();
+    throw error;
+  }
+  return cluster;
 }

@@ -1,0 +1,218 @@
+// Lookups through a Redis Cluster against lookups through one Redis node, in
+// the same run on the same machine: a benchmark, not a test (it asserts
+// nothing). Starts its own Postgres, one Redis node and a Redis Cluster of
+// three masters with one replica each, syncs the same Parquet data into both
+// setups through the real sync path (ctl, from dist/), runs one API process
+// per setup, and drives autocannon (bench/load.ts, its own process) at each in
+// alternating rounds so that drift on a shared machine hits both alike.
+//
+// Standalone: `node --import tsx bench/cluster.ts` builds, runs and prints one
+// JSON object. From bench/run.ts: `await benchRedisCluster({ ... })` after the
+// build (it expects dist/ to be current).
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { tempDir } from '../test/support/fixtures.js';
+import { freePort, startPostgres, startRedis, startRedisCluster } from '../test/support/servers.js';
+
+export interface ClusterLoadResult {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  non2xx: number;
+  /** CPU time of the API process per request (µs): less sensitive to other load on the machine than requests/s. */
+  apiCpuUs?: number;
+}
+
+export interface ClusterBenchOptions {
+  /** Entities in the data set (ids e0000001…). */
+  readonly rows?: number;
+  /** Seconds per load round. */
+  readonly seconds?: number;
+  readonly rounds?: number;
+  readonly connections?: number;
+  /** Entities per batch request in the batch comparison. */
+  readonly batch?: number;
+  readonly log?: (message: string) => void;
+}
+
+export interface ClusterBenchResult {
+  readonly rows: number;
+  readonly rounds: number;
+  readonly seconds: number;
+  readonly connections: number;
+  /** Single lookups, medians over the rounds. */
+  readonly single: { readonly node: ClusterLoadResult; readonly cluster: ClusterLoadResult; readonly ratio: number };
+  /** Batch lookups (requests/s of `batch` entities each), medians over the rounds. */
+  readonly batch: { readonly size: number; readonly node: ClusterLoadResult; readonly cluster: ClusterLoadResult; readonly ratio: number };
+}
+
+const root = path.resolve(import.meta.dirname, '..');
+const tsx = ['--import', 'tsx'];
+
+const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
+const medianOf = (results: ClusterLoadResult[]): ClusterLoadResult => ({
+  rps: median(results.map((r) => r.rps)),
+  p50: median(results.map((r) => r.p50)),
+  p99: median(results.map((r) => r.p99)),
+  errors: results.reduce((a, r) => a + r.errors, 0),
+  non2xx: results.reduce((a, r) => a + r.non2xx, 0),
+  apiCpuUs: median(results.map((r) => r.apiCpuUs ?? 0)),
+});
+
+/** User + system CPU seconds of a process so far, from /proc. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+// Ten features of mixed types, ids in bench/load.ts's format.
+const FEATURES = {
+  i1: { type: 'integer' },
+  i2: { type: 'integer' },
+  i3: { type: 'integer' },
+  d1: { type: 'double' },
+  d2: { type: 'double' },
+  d3: { type: 'double' },
+  s1: { type: 'string' },
+  s2: { type: 'string' },
+  b1: { type: 'boolean' },
+  t1: { type: 'timestamp' },
+};
+const dataSql = (rows: number) => `
+  SELECT 'e' || lpad(i::VARCHAR, 7, '0') AS id, TIMESTAMP '2026-01-01' + INTERVAL (i % 86400) SECOND AS updated_at,
+    i % 1000 AS i1, (i * 7) % 100000 AS i2, i AS i3, (hash(i) % 1000000) / 1000.0 AS d1, sqrt(i) AS d2, i * 0.25 AS d3,
+    'cat_' || (i % 50) AS s1, substr(md5(i::VARCHAR), 1, 12) AS s2, i % 2 = 0 AS b1, TIMESTAMP '2025-01-01' + INTERVAL (i % 100000) MINUTE AS t1
+  FROM range(1, ${rows + 1}) t(i)`;
+
+async function writeParquet(file: string, rows: number): Promise<void> {
+  const instance = await DuckDBInstance.create(':memory:', { threads: '2' });
+  const conn = await instance.connect();
+  try {
+    await conn.run(`COPY (${dataSql(rows)}) TO '${file}' (FORMAT parquet)`);
+  } finally {
+    conn.closeSync();
+    instance.closeSync();
+  }
+}
+
+async function startApi(env: NodeJS.ProcessEnv, port: number): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [path.join(root, 'dist/server.js')], { env: { ...env, PORT: String(port), HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false' }, stdio: ['ignore', 'ignore', 'inherit'] });
+  for (let i = 0; i < 600; i++) {
+    const ready = await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.status === 200, () => false);
+    if (ready) return child;
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`the API on port ${port} did not become ready (see its stderr above)`);
+}
+
+async function stopApi(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill('SIGTERM');
+  await exited;
+}
+
+export async function benchRedisCluster(options: ClusterBenchOptions = {}): Promise<ClusterBenchResult> {
+  const rows = options.rows ?? 200_000;
+  const seconds = options.seconds ?? 8;
+  const rounds = options.rounds ?? 3;
+  const connections = options.connections ?? 32;
+  const batchSize = options.batch ?? 100;
+  const log = options.log ?? ((message: string) => process.stderr.write(`[bench:cluster] ${message}\n`));
+
+  const load = (port: number, batch: number, pid?: number): ClusterLoadResult => {
+    const cpuBefore = pid ? cpuSeconds(pid) : 0;
+    const target = batch ? `http://127.0.0.1:${port}/features/v1/batch` : `http://127.0.0.1:${port}/features/v1/{id}?view=bench`;
+    const args = [...tsx, path.join(root, 'bench/load.ts'), target, String(rows), String(seconds), String(connections), batch ? 'POST' : 'GET', String(batch)];
+    const result = JSON.parse(execFileSync(process.execPath, args, { encoding: 'utf8' }).trim().split('\n').at(-1)!) as ClusterLoadResult;
+    if (result.errors || result.non2xx) log(`load on ${target}: ${result.errors} errors, ${result.non2xx} non-2xx`);
+    if (pid) result.apiCpuUs = ((cpuSeconds(pid) - cpuBefore) * 1e6) / Math.max(1, result.rps * seconds);
+    return result;
+  };
+
+  log(`starting Postgres, one Redis node and a 3×2 Redis Cluster; ${rows} rows, ${rounds} rounds of ${seconds} s`);
+  const postgres = await startPostgres();
+  const redis = await startRedis().catch(async (error) => {
+    await postgres.destroy();
+    throw error;
+  });
+  const cluster = await startRedisCluster().catch(async (error) => {
+    await Promise.allSettled([redis.destroy(), postgres.destroy()]);
+    throw error;
+  });
+  const apis: ChildProcess[] = [];
+  try {
+    const dir = await tempDir('bench-cluster');
+    const parquet = path.join(dir, 'bench.parquet');
+    await writeParquet(parquet, rows);
+    const jobs = path.join(dir, 'jobs');
+    await mkdir(jobs);
+    await writeFile(path.join(jobs, 'bench.yaml'), JSON.stringify({ view: 'bench', source: parquet, entity_key: 'id', event_time: 'updated_at', features: FEATURES, schedule: '0 0 1 1 *', freshness: '3650d' }));
+
+    // Same data, same code, two databases: only the hot tier differs.
+    const base = { ...process.env, SYNC_JOBS_DIR: jobs, LOG_LEVEL: 'warn', AUTH_MODE: 'open' };
+    const envs = {
+      node: { ...base, DATABASE_URL: await postgres.createDatabase('bench_node'), REDIS_URL: redis.url },
+      cluster: { ...base, DATABASE_URL: await postgres.createDatabase('bench_cluster'), REDIS_CLUSTER_NODES: cluster.nodes },
+    };
+    for (const [name, env] of Object.entries(envs)) {
+      log(`syncing ${rows} rows into Postgres + ${name === 'node' ? 'one Redis node' : 'the Redis Cluster'}`);
+      execFileSync(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    }
+    const ports = { node: await freePort(), cluster: await freePort() };
+    apis.push(await startApi(envs.node, ports.node), await startApi(envs.cluster, ports.cluster));
+    const pids = { node: apis[0]!.pid!, cluster: apis[1]!.pid! };
+
+    // Warm-up, then alternating rounds.
+    load(ports.node, 0);
+    load(ports.cluster, 0);
+    const runs = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], nodeBatch: [] as ClusterLoadResult[], clusterBatch: [] as ClusterLoadResult[] };
+    for (let i = 0; i < rounds; i++) {
+      const [first, second] = i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const);
+      runs[first].push(load(ports[first], 0, pids[first]));
+      runs[second].push(load(ports[second], 0, pids[second]));
+      runs[`${first}Batch`].push(load(ports[first], batchSize, pids[first]));
+      runs[`${second}Batch`].push(load(ports[second], batchSize, pids[second]));
+      const show = (r: ClusterLoadResult) => `${r.rps.toFixed(0)} req/s (${r.apiCpuUs!.toFixed(0)} µs CPU/req)`;
+      log(`round ${i + 1}: node ${show(runs.node.at(-1)!)}, cluster ${show(runs.cluster.at(-1)!)}; batches node ${show(runs.nodeBatch.at(-1)!)}, cluster ${show(runs.clusterBatch.at(-1)!)}`);
+    }
+    const node = medianOf(runs.node);
+    const clustered = medianOf(runs.cluster);
+    const nodeBatch = medianOf(runs.nodeBatch);
+    const clusterBatch = medianOf(runs.clusterBatch);
+    return {
+      rows,
+      rounds,
+      seconds,
+      connections,
+      single: { node, cluster: clustered, ratio: clustered.rps / node.rps },
+      batch: { size: batchSize, node: nodeBatch, cluster: clusterBatch, ratio: clusterBatch.rps / nodeBatch.rps },
+    };
+  } finally {
+    await Promise.allSettled(apis.map(stopApi));
+    await Promise.allSettled([cluster.destroy(), redis.destroy(), postgres.destroy()]);
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  execFileSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'inherit' });
+  const result = await benchRedisCluster({
+    rows: Number(process.env.BENCH_ROWS ?? 200_000),
+    seconds: Number(process.env.BENCH_SECONDS ?? 8),
+    rounds: Number(process.env.BENCH_ROUNDS ?? 3),
+  });
+  process.stdout.write(JSON.stringify(result, null, 2) + '\n');
+}

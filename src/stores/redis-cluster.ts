@@ -1,0 +1,356 @@
+// Owns the Redis Cluster hot tier: the same contract as one Redis node, spread
+// over the masters of a cluster by key slot.
+//
+// Key layout: keys stay `fs:<view>:<version>:<entity>` with no hash tag, so a
+// version's keys spread over every master. A version switch is still atomic
+// for readers on a cluster: the switch happens in the Postgres catalog, in one
+// step, and readers only ever ask for keys of the version the catalog names;
+// a version's keys are written in full before it is published and never
+// change afterwards. So whichever master answers, a value is either the right
+// one or absent (a miss, answered from Postgres), never another version's.
+//
+// Multi-key commands (MGET, MSET, UNLINK of many keys) fail with CROSSSLOT
+// unless all keys share a slot, and a batch's keys almost never do (16384
+// slots), so batches are per-key GETs and SETs grouped by the master that owns
+// each key's slot, one pipeline per master: a batch costs one round trip per
+// master involved. (ioredis' auto-pipelining does the same grouping but cost
+// about twice as much CPU per key in a measurement on this code.) Reads go
+// straight to the masters' connections, which costs less CPU than the cluster
+// client's routing; a MOVED or ASK sends the read through the cluster client.
+//
+// Failover: reads fail fast (no offline queue, no retry on a lost connection
+// or CLUSTERDOWN, and a deadline over the whole call), so a master that dies
+// mid-load surfaces as errors the reader turns into Postgres answers (and
+// opens its breaker); the slot map is refreshed on a timer and on MOVED, so
+// the promoted replica answers again without a restart. Reads go to masters
+// only: a replica may lag, which could cost only misses, but masters keep one
+// story.
+import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
+import type { HotTier } from './hot-tier.js';
+import { hotKeyPrefix } from './hot-tier.js';
+
+export interface RedisClusterOptions {
+  /** Seed nodes; the client learns the rest of the topology from any one of them. */
+  readonly nodes: readonly { readonly host: string; readonly port: number }[];
+  /** Bound on any one call (a read, a batch write); it fails after this and the reader falls back. */
+  readonly commandTimeoutMs: number;
+  /** How often the slot map is refreshed (default 5 s), so a failover is noticed even where no MOVED says so. */
+  readonly slotsRefreshMs?: number;
+}
+
+const SCAN_COUNT = 1000;
+
+/** The cluster did not answer in time; a timeout like a socket's, so a sync retries it. */
+export class RedisClusterTimeoutError extends Error {
+  override name = 'RedisClusterTimeoutError';
+  readonly code = 'ETIMEDOUT';
+}
+
+export class RedisClusterHotTier implements HotTier {
+  readonly kind = 'redis' as const;
+  readonly client: Cluster;
+  private readonly timeoutMs: number;
+  private masters: Map<string, Redis> | undefined;
+
+  constructor(options: RedisClusterOptions) {
+    if (options.nodes.length === 0) throw new Error('a Redis Cluster needs at least one seed node (REDIS_CLUSTER_NODES)');
+    this.timeoutMs = options.commandTimeoutMs;
+    this.client = new Cluster(
+      options.nodes.map((n) => ({ host: n.host, port: n.port })),
+      {
+        enableOfflineQueue: false,
+        scaleReads: 'master',
+        // A lost connection or CLUSTERDOWN fails the command at once (the reader has Postgres);
+        // MOVED is still followed, since it names the node that now owns the slot.
+        retryDelayOnFailover: 0,
+        retryDelayOnClusterDown: 0,
+        retryDelayOnTryAgain: 50,
+        maxRedirections: 4,
+        // Each refresh opens a connection and rebuilds a 16384-entry map; MOVED also triggers one.
+        slotsRefreshInterval: options.slotsRefreshMs ?? 5000,
+        slotsRefreshTimeout: Math.max(options.commandTimeoutMs, 1000),
+        // Keep trying to reach the cluster in the background, at most every 2 s.
+        clusterRetryStrategy: (attempt) => Math.min(100 * attempt, 2000),
+        redisOptions: {
+          commandTimeout: options.commandTimeoutMs,
+          connectTimeout: Math.max(options.commandTimeoutMs, 1000),
+          maxRetriesPerRequest: 0,
+        },
+      },
+    );
+    // Node and connection errors surface on each command; the events themselves are not fatal.
+    this.client.on('error', () => undefined);
+    this.client.on('node error', () => undefined);
+    for (const event of ['+node', '-node', 'refresh', 'ready']) this.client.on(event, () => (this.masters = undefined));
+    // ioredis connects to a node only at its first command, and with no offline queue it refuses
+    // the commands that arrive while that connection is being made: connect to each node at once.
+    this.client.on('+node', (node: Redis) => {
+      if (node.status === 'wait') node.connect().catch(() => undefined);
+    });
+  }
+
+  async get(keys: readonly string[]): Promise<(string | null)[]> {
+    if (keys.length === 1) return [await this.within('read', this.getOne(keys[0]!))];
+    return this.within(`read of ${keys.length} keys`, this.getMany(keys));
+  }
+
+  /**
+   * Straight to the owning masters' connections, one pipeline each (a cluster
+   * pipeline costs about a third more CPU per key); if the slot map turns out
+   * stale (MOVED, ASK, a master it names is not connected), the whole batch
+   * again through the cluster client, which follows redirections.
+   */
+  private async getMany(keys: readonly string[]): Promise<(string | null)[]> {
+    const values: (string | null)[] = new Array(keys.length).fill(null);
+    const direct = this.byMaster(keys);
+    if (direct) {
+      const results = await Promise.all(
+        [...direct].map(async ([node, indexes]) => {
+          const pipeline = node.pipeline();
+          for (const i of indexes) pipeline.get(keys[i]!);
+          return [indexes, (await pipeline.exec()) ?? []] as const;
+        }),
+      );
+      const moved = results.some(([, replies]) => replies.some(([error]) => error && /^(MOVED|ASK) /.test(error.message)));
+      if (!moved) {
+        for (const [indexes, replies] of results) {
+          indexes.forEach((index, j) => {
+            const [error, value] = replies[j]!;
+            if (error) throw error;
+            values[index] = value as string | null;
+          });
+        }
+        return values;
+      }
+    }
+    await Promise.all(
+      this.byNode(keys.length, (i) => keys[i]!).map(async (indexes) => {
+        const pipeline = this.client.pipeline();
+        for (const i of indexes) pipeline.get(keys[i]!);
+        const results = await execPipeline(pipeline);
+        indexes.forEach((index, j) => (values[index] = results[j] as string | null));
+      }),
+    );
+    return values;
+  }
+
+  /** Key indexes by the connection of the master the slot map names for them; undefined if one is not connected. */
+  private byMaster(keys: readonly string[]): Map<Redis, number[]> | undefined {
+    const slots = this.client.slots;
+    const masters = this.mastersByName();
+    const groups = new Map<Redis, number[]>();
+    for (let i = 0; i < keys.length; i++) {
+      const owner = slots[keySlot(keys[i]!)]?.[0];
+      const node = owner === undefined ? undefined : masters.get(owner);
+      if (!node || node.status !== 'ready') return undefined;
+      const indexes = groups.get(node);
+      if (indexes) indexes.push(i);
+      else groups.set(node, [i]);
+    }
+    return groups;
+  }
+
+  async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
+    if (entries.length === 0) return;
+    // A sync may start writing before the slot map has arrived; wait for it within the same bound.
+    if (!this.isReady()) await this.ready(this.timeoutMs);
+    await this.within(
+      `write of ${entries.length} keys`,
+      Promise.all(
+        this.byNode(entries.length, (i) => entries[i]![0]).map(async (indexes) => {
+          const pipeline = this.client.pipeline();
+          for (const i of indexes) {
+            const [key, value] = entries[i]!;
+            if (ttlSeconds) pipeline.set(key, value, 'EX', ttlSeconds);
+            else pipeline.set(key, value);
+          }
+          await execPipeline(pipeline);
+        }),
+      ),
+    );
+  }
+
+  /**
+   * Scans every master and unlinks the version's keys there. Refuses to run on
+   * an unhealthy cluster or a stale map of masters, since keys on a master it
+   * missed would stay behind unnoticed.
+   */
+  async dropVersion(view: string, version: number): Promise<number> {
+    const masters = await this.healthyMasters();
+    let removed = 0;
+    for (const node of masters) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', `${hotKeyPrefix(view, version)}*`, 'COUNT', SCAN_COUNT);
+        cursor = next;
+        if (keys.length === 0) continue;
+        // One key per UNLINK (keys of one node still span many slots), pipelined on that node.
+        const pipeline = node.pipeline();
+        for (const key of keys) pipeline.unlink(key);
+        for (const [error, count] of (await pipeline.exec()) ?? []) {
+          if (error) throw new Error(`Redis Cluster: dropping version ${version} of ${view} on ${nodeName(node)} failed: ${error.message}`);
+          removed += Number(count);
+        }
+      } while (cursor !== '0');
+    }
+    return removed;
+  }
+
+  /** Every master must answer and see the cluster as healthy, so /readyz reports a failover in progress. */
+  async ping(): Promise<void> {
+    await this.within('health check', this.healthyMasters());
+  }
+
+  /**
+   * Waits for the slot map and a ready connection to every master, so
+   * start-up can say plainly that the cluster is unreachable and a sync does
+   * not meet a connection still being made.
+   */
+  async ready(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.isReady()) {
+      if (Date.now() >= deadline) {
+        throw new RedisClusterTimeoutError(
+          `the Redis Cluster did not become ready within ${timeoutMs} ms (client ${this.client.status}; are the REDIS_CLUSTER_NODES seeds right and cluster_state ok?)`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
+  private isReady(): boolean {
+    if (this.client.status !== 'ready') return false;
+    const masters = this.client.nodes('master');
+    return masters.length > 0 && masters.every((node) => node.status === 'ready');
+  }
+
+  async close(): Promise<void> {
+    this.client.disconnect();
+  }
+
+  /** The masters ioredis routes to, checked against the cluster's own view: all answer, all say cluster_state:ok, and none is missing. */
+  private async healthyMasters(): Promise<Redis[]> {
+    if (this.client.status !== 'ready') throw new Error(`the Redis Cluster client is ${this.client.status}, not ready`);
+    const masters = this.client.nodes('master');
+    if (masters.length === 0) throw new Error('the Redis Cluster client knows no master yet');
+    const infos = await Promise.all(masters.map(async (node) => [node, String(await node.cluster('INFO'))] as const));
+    for (const [node, info] of infos) {
+      const state = /cluster_state:(\w+)/.exec(info)?.[1];
+      if (state !== 'ok') throw new Error(`Redis Cluster node ${nodeName(node)} reports cluster_state:${state ?? 'unknown'}; a failover may be in progress`);
+      const size = Number(/cluster_size:(\d+)/.exec(info)?.[1]);
+      if (size !== masters.length) throw new Error(`Redis Cluster has ${size} masters serving slots but the client knows ${masters.length}; its slot map is being refreshed, retry shortly`);
+    }
+    return masters;
+  }
+
+  /**
+   * One key, straight to the connection of the master that owns its slot:
+   * the cluster client's routing costs more CPU than the GET itself. A master
+   * that no longer owns the slot answers MOVED (or ASK), and then the cluster
+   * client, which follows redirections and refreshes its slot map, reads it.
+   */
+  private async getOne(key: string): Promise<string | null> {
+    const owner = this.client.slots[keySlot(key)]?.[0];
+    const node = owner === undefined ? undefined : this.mastersByName().get(owner);
+    if (!node || node.status !== 'ready') return this.client.get(key);
+    try {
+      return await node.get(key);
+    } catch (error) {
+      if (/^(MOVED|ASK) /.test((error as Error).message)) return this.client.get(key);
+      throw error;
+    }
+  }
+
+  /** Connections by host:port, as the slot map names them; rebuilt after any topology change. */
+  private mastersByName(): Map<string, Redis> {
+    if (!this.masters) this.masters = new Map(this.client.nodes('master').map((node) => [nodeName(node), node]));
+    return this.masters;
+  }
+
+  /**
+   * Groups item indexes by the group of nodes (master and replicas) serving
+   * each key's slot, as ioredis numbers them in `_groupsBySlot`: a cluster
+   * pipeline is accepted only when all its keys share that number, so this is
+   * the same test it applies. A slot with no number (right after a MOVED,
+   * until the slot map is refreshed) gets a pipeline of its own.
+   */
+  private byNode(count: number, keyOf: (i: number) => string): number[][] {
+    const slots = this.client.slots;
+    const groupOfSlot = this.client._groupsBySlot;
+    const groups = new Map<string | number, number[]>();
+    for (let i = 0; i < count; i++) {
+      const slot = keySlot(keyOf(i));
+      if (!slots[slot]?.length) throw new Error(`the Redis Cluster client has no node for slot ${slot} yet (status ${this.client.status})`);
+      const group = groupOfSlot[slot] ?? `slot ${slot}`;
+      const indexes = groups.get(group);
+      if (indexes) indexes.push(i);
+      else groups.set(group, [i]);
+    }
+    return [...groups.values()];
+  }
+
+  /** Bounds a call, whatever ioredis does underneath (redirections, reconnection), so a failover costs at most this. */
+  private within<T>(what: string, work: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RedisClusterTimeoutError(`Redis Cluster ${what} did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
+    });
+    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+  }
+}
+
+/** Replies in order; the first failed command fails the whole batch (the reader then answers from Postgres). */
+async function execPipeline(pipeline: ChainableCommander): Promise<unknown[]> {
+  const results = (await pipeline.exec()) ?? [];
+  return results.map(([error, value]) => {
+    if (error) throw error;
+    return value;
+  });
+}
+
+// CRC16-XMODEM, which Redis Cluster uses for key slots.
+const CRC16 = (() => {
+  const table = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let crc = i << 8;
+    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    table[i] = crc;
+  }
+  return table;
+})();
+
+/**
+ * The cluster slot of a key: CRC16 of the key (of the part inside the first
+ * non-empty {…}, if any) modulo 16384, over the key's UTF-8 bytes. The tests
+ * check it against the server's CLUSTER KEYSLOT.
+ */
+export function keySlot(key: string): number {
+  // The tag search works on the string: '{' and '}' are single bytes in UTF-8 and never part of another character.
+  let start = 0;
+  let end = key.length;
+  const open = key.indexOf('{');
+  if (open !== -1) {
+    const close = key.indexOf('}', open + 1);
+    if (close > open + 1) {
+      start = open + 1;
+      end = close;
+    }
+  }
+  let crc = 0;
+  for (let i = start; i < end; i++) {
+    const code = key.charCodeAt(i);
+    if (code > 0x7f) return crc16Utf8(key.slice(start, end));
+    crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ code) & 0xff]!;
+  }
+  return crc & 0x3fff;
+}
+
+function crc16Utf8(text: string): number {
+  let crc = 0;
+  for (const byte of Buffer.from(text, 'utf8')) crc = ((crc << 8) & 0xffff) ^ CRC16[((crc >> 8) ^ byte) & 0xff]!;
+  return crc & 0x3fff;
+}
+
+function nodeName(node: Redis): string {
+  return `${node.options.host}:${node.options.port}`;
+}
