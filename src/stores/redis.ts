@@ -26,9 +26,6 @@ export class RedisHotTier implements HotTier {
       // Keep trying to reconnect in the background, at most every 2 s.
       retryStrategy: (attempt) => Math.min(100 * attempt, 2000),
       lazyConnect: false,
-      // Commands issued in one turn of the event loop (lookups of concurrent requests) leave in one write: fewer
-      // system calls here and in Redis, which shares the machine's cores.
-      enableAutoPipelining: true,
     });
     // Connection errors surface on each command; the event itself is not fatal.
     this.client.on('error', () => undefined);
