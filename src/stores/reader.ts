@@ -7,6 +7,7 @@ import type { ServedVersion } from './catalog.js';
 import type { Database } from './database.js';
 import type { HotTier } from './hot-tier.js';
 import { hotKey } from './hot-tier.js';
+import { decodeHotValue, encodeHotValue } from './hot-value.js';
 
 /** One entity's stored row: its event time and the feature values in the version's order. */
 export interface FeatureRow {
@@ -48,15 +49,6 @@ export class VersionGoneError extends Error {
 }
 
 const HOT_TIER_SKIPPED = new Error('the hot tier failed recently and is skipped until its retry time');
-
-function decodeHotValue(text: string): FeatureRow {
-  const array = JSON.parse(text) as unknown[];
-  return { eventTime: array[0] as string, values: array.slice(1) };
-}
-
-function encodeHotValue(row: FeatureRow): string {
-  return JSON.stringify([row.eventTime, ...row.values]);
-}
 
 export class FeatureReader {
   /** Until when the hot tier is skipped after a failure. */
@@ -106,7 +98,7 @@ export class FeatureReader {
     const started = performance.now();
     const found = await inSpan(tracer, 'postgres select', { 'db.system': 'postgresql', 'db.operation.name': 'SELECT', 'featurestore.keys': wanted.length }, () => this.readPostgres(version, wanted));
     timings.postgres = performance.now() - started;
-    const fills: [string, string][] = [];
+    const fills: [string, Buffer][] = [];
     for (const i of missing) {
       const row = found.get(ids[i]!);
       if (!row) continue;

@@ -31,12 +31,12 @@ export class RedisHotTier implements HotTier {
     this.client.on('error', () => undefined);
   }
 
-  async get(keys: readonly string[]): Promise<(string | null)[]> {
-    if (keys.length === 1) return [await this.client.get(keys[0]!)];
-    return this.client.mget(...keys);
+  async get(keys: readonly string[]): Promise<(Buffer | null)[]> {
+    if (keys.length === 1) return [await this.client.getBuffer(keys[0]!)];
+    return this.client.mgetBuffer(...keys);
   }
 
-  async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
+  async set(entries: readonly (readonly [string, Buffer])[], ttlSeconds?: number): Promise<void> {
     if (entries.length === 0) return;
     if (ttlSeconds) {
       const pipeline = this.client.pipeline();
