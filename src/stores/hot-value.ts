@@ -120,6 +120,16 @@ const corrupt = (what: string) => new HotValueError(`a hot-tier value ${what}; d
 
 /** Decodes one hot-tier value; throws HotValueError on bytes that are not a whole value. */
 export function decodeHotValue(value: Uint8Array): FeatureRow {
+  try {
+    return decode(value);
+  } catch (error) {
+    // A payload cut short reads past the end.
+    if (error instanceof RangeError) throw corrupt('is truncated');
+    throw error;
+  }
+}
+
+function decode(value: Uint8Array): FeatureRow {
   if (value[0] === LEGACY_JSON) {
     const array = JSON.parse(utf8.decode(value)) as unknown[];
     return { eventTime: array[0] as string, values: array.slice(1) };

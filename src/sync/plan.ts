@@ -380,7 +380,7 @@ export function mergeSql(table: string, delta: string, features: readonly Featur
 }
 
 /** Rows of a version table as (entity id, hot-tier value), encoded by Postgres byte for byte as the sync encodes them. */
-export function hotValuesFromPostgresSql(table: string, features: readonly FeatureDefinition[]): string {
+export function hotValuesFromPostgresSql(table: string, features: readonly { readonly name: string; readonly type: FeatureType }[]): string {
   const value = hotValuePostgresSql([{ sql: 'event_time', type: 'timestamp' }, ...features.map((f) => ({ sql: quoteIdent(f.name), type: f.type }))], isoTimeSql);
   return `SELECT entity_id, ${value} FROM ${table}`;
 }
