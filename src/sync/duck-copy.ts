@@ -4,8 +4,9 @@
 // the table unless DuckDB finished without error and the caller finishes the
 // COPY; on any failure the COPY is left for the caller to abort.
 import { execFile } from 'node:child_process';
-import { constants, createReadStream } from 'node:fs';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { closeSync, constants, openSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -14,8 +15,6 @@ import type { CopyStream } from '../stores/database.js';
 import { sqlString } from './plan.js';
 
 const run = promisify(execFile);
-/** Bytes read from the pipe per write to the COPY: large enough to keep both ends busy, small enough to bound memory. */
-const PIPE_CHUNK_BYTES = 1 << 20;
 
 /**
  * Runs `sql` in DuckDB and writes its rows as CSV into `copy`; returns how
@@ -25,12 +24,19 @@ const PIPE_CHUNK_BYTES = 1 << 20;
 export async function pipeCsv(conn: DuckDBConnection, sql: string, copy: CopyStream): Promise<number> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'featurestore-copy-'));
   const fifo = path.join(dir, 'rows.csv');
+  let keepOpen: number | undefined;
   try {
     await run('mkfifo', ['-m', '600', fifo]);
-    // Opening the read end blocks (off the event loop) until DuckDB opens the write end.
-    const reader = createReadStream(fifo, { encoding: 'utf8', highWaterMark: PIPE_CHUNK_BYTES });
-    let readerDone = false;
-    reader.once('close', () => (readerDone = true));
+    // Read end first, without blocking; then a write end of our own, so that the
+    // reader sees no end of data before DuckDB has opened the pipe, and does see
+    // it once DuckDB is done (or failed without ever opening it) and ours is closed.
+    const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    keepOpen = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+    // A socket, not a file stream: it drains everything the pipe holds on each
+    // turn of the event loop, so a busy loop (the hot-tier load) does not
+    // throttle DuckDB to one pipe-buffer (64 KiB) per turn.
+    const reader = new net.Socket({ fd: readFd, readable: true, writable: false });
+    reader.setEncoding('utf8');
     let copyError: unknown;
     const consuming = (async () => {
       // The utf8 decoder carries a character split across two reads over to the next one.
@@ -39,37 +45,23 @@ export async function pipeCsv(conn: DuckDBConnection, sql: string, copy: CopyStr
       // Leaving the loop closed the pipe, so DuckDB fails on its next write and stops.
       copyError = error;
     });
-    let written: number;
+    let written: number | undefined;
+    let duckError: unknown;
     try {
       const result = await conn.runAndReadAll(`COPY (${sql}) TO ${sqlString(fifo)} (FORMAT csv, HEADER false, USE_TMP_FILE false)`);
       written = Number(result.getRows()[0]?.[0] ?? 0);
     } catch (error) {
-      // DuckDB may have failed before opening the pipe: open and close its write end so the reader sees the end.
-      await releaseReader(fifo, () => readerDone);
-      reader.destroy();
-      await consuming;
-      // A COPY that failed first is the cause; DuckDB then only failed to write into the closed pipe.
-      throw copyError ?? error;
+      duckError = error;
     }
+    closeSync(keepOpen);
+    keepOpen = undefined;
     await consuming;
-    if (copyError) throw copyError;
-    return written;
+    // A COPY that failed first is the cause; DuckDB then only failed to write into the closed pipe.
+    if (copyError !== undefined) throw copyError;
+    if (duckError !== undefined) throw duckError;
+    return written!;
   } finally {
+    if (keepOpen !== undefined) closeSync(keepOpen);
     await rm(dir, { recursive: true, force: true });
-  }
-}
-
-/** Unblocks a reader waiting in open() for a writer that will never come. */
-async function releaseReader(fifo: string, done: () => boolean): Promise<void> {
-  for (let attempt = 0; attempt < 200 && !done(); attempt++) {
-    try {
-      const handle = await open(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
-      await handle.close();
-      return;
-    } catch (error) {
-      // ENXIO: no reader has the pipe open yet; its open() may still be queued.
-      if ((error as NodeJS.ErrnoException).code !== 'ENXIO') return;
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
   }
 }
