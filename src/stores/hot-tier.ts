@@ -8,7 +8,7 @@ export interface HotTier {
   readonly kind: 'redis' | 'memory';
   /** Values in the order of `keys`; null where a key is absent. */
   get(keys: readonly string[]): Promise<(Buffer | null)[]>;
-  /** Writes a batch of entries; with a TTL when filling behind a miss. */
+  /** Writes a batch of entries; with a TTL when filling behind a miss. The caller may reuse the values' bytes once the promise settles, so keep a copy to hold them longer. */
   set(entries: readonly (readonly [string, Buffer])[], ttlSeconds?: number): Promise<void>;
   /** Removes every key of one version; returns how many were removed. */
   dropVersion(view: string, version: number): Promise<number>;

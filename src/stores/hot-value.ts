@@ -312,20 +312,26 @@ export class HotRowEncoder {
     this.kinds = Uint8Array.from(types, (type) => KIND[type]);
   }
 
+  /** Bytes `encode` may need for these rows, at most. */
+  bytesNeeded(texts: readonly unknown[]): number {
+    let textChars = 0;
+    for (let r = 0; r < texts.length; r++) textChars += (texts[r] as string).length;
+    return texts.length * (2 + 9 * this.kinds.length) + 3 * textChars;
+  }
+
   /**
-   * Appends [key, value] for each row not flagged in `skip` to `out`.
+   * Appends [key, value] for each row not flagged in `skip` to `out`, the
+   * values written into `buffer` from `offset` (which must have
+   * `bytesNeeded(texts)` bytes free); returns the offset after them.
    * `columns` are the value columns in order, as arrays (DuckDB's toArray).
    */
-  encode(texts: readonly unknown[], skip: readonly unknown[], columns: readonly (readonly unknown[])[], out: [string, Buffer][]): void {
+  encode(texts: readonly unknown[], skip: readonly unknown[], columns: readonly (readonly unknown[])[], out: [string, Buffer][], buffer: Buffer, offset: number): number {
     const rows = texts.length;
     const kinds = this.kinds;
     const width = kinds.length;
-    let textChars = 0;
-    for (let r = 0; r < rows; r++) textChars += (texts[r] as string).length;
-    const buffer = Buffer.allocUnsafe(rows * (2 + 9 * width) + 3 * textChars);
     // A DataView's setters are much cheaper per call than Buffer's checked write methods.
     const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-    let at = 0;
+    let at = offset;
     for (let r = 0; r < rows; r++) {
       if (skip[r]) continue;
       const text = texts[r] as string;
@@ -402,6 +408,7 @@ export class HotRowEncoder {
       }
       out.push([text.slice(0, keyEnd), buffer.subarray(start, at)]);
     }
+    return at;
   }
 }
 

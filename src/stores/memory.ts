@@ -22,7 +22,8 @@ export class MemoryHotTier implements HotTier {
 
   async set(entries: readonly (readonly [string, Buffer])[], ttlSeconds?: number): Promise<void> {
     const expiresAt = ttlSeconds ? Date.now() + ttlSeconds * 1000 : Number.POSITIVE_INFINITY;
-    for (const [key, value] of entries) this.entries.set(key, { value, expiresAt });
+    // A copy: the caller may reuse the bytes once this returns.
+    for (const [key, value] of entries) this.entries.set(key, { value: Buffer.from(value), expiresAt });
   }
 
   async dropVersion(view: string, version: number): Promise<number> {
