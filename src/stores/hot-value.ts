@@ -323,9 +323,9 @@ export class HotRowEncoder {
    * Appends [key, value] for each row not flagged in `skip` to `out`, the
    * values written into `buffer` from `offset` (which must have
    * `bytesNeeded(texts)` bytes free); returns the offset after them.
-   * `columns` are the value columns in order, as arrays (DuckDB's toArray).
+   * `columns` are the value columns in order.
    */
-  encode(texts: readonly unknown[], skip: readonly unknown[], columns: readonly (readonly unknown[])[], out: [string, Buffer][], buffer: Buffer, offset: number): number {
+  encode(texts: readonly unknown[], skip: readonly unknown[], columns: readonly ValueColumn[], out: [string, Buffer][], buffer: Buffer, offset: number): number {
     const rows = texts.length;
     const kinds = this.kinds;
     const width = kinds.length;
@@ -338,8 +338,10 @@ export class HotRowEncoder {
       const start = at;
       buffer[at++] = HOT_FORMAT;
       for (let c = 0; c < width; c++) {
-        const v = columns[c]![r] as number | boolean | null;
-        if (v === null) {
+        const column = columns[c]!;
+        const valid = column.valid;
+        const v = column.values[r] as number | boolean | null;
+        if (v === null || (valid !== null && (valid[r >> 3]! & (1 << (r & 7))) === 0)) {
           buffer[at++] = NULL;
           continue;
         }
@@ -411,6 +413,19 @@ export class HotRowEncoder {
     return at;
   }
 }
+
+/**
+ * One value column of a chunk: its values (an array with null for a missing
+ * value, or a typed array), and when the values are a typed array, its
+ * validity bitmap (bit r set: row r has a value; null: every row has one).
+ */
+export interface ValueColumn {
+  readonly values: ArrayLike<unknown>;
+  readonly valid: Uint8Array | null;
+}
+
+/** A column given as an array with null for a missing value. */
+export const arrayColumn = (values: readonly unknown[]): ValueColumn => ({ values, valid: null });
 
 const KIND = { integer: 0, double: 1, boolean: 2, string: 3, timestamp: 4 } as const satisfies Record<FeatureType, number>;
 

@@ -12,6 +12,7 @@ import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stor
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
 import { asBuffer, HotRowEncoder } from '../stores/hot-value.js';
+import { valueColumn } from './duck-columns.js';
 import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
 import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from '../observability/log.js';
@@ -489,9 +490,10 @@ async function loadHotTier(conn: DuckDBConnection, job: JobDefinition, version: 
       if (stopped()) throw new Error('the Postgres load failed, so the hot-tier load stopped');
       const chunk = await result.fetchChunk();
       if (!chunk || chunk.rowCount === 0) break;
-      const columns = Array.from({ length: chunk.columnCount }, (_, c) => chunk.getColumnVector(c).toArray());
-      const deletions = columns.pop()!;
-      const texts = columns.shift()!;
+      const last = chunk.columnCount - 1;
+      const texts = chunk.getColumnVector(0).toArray();
+      const deletions = chunk.getColumnVector(last).toArray();
+      const columns = Array.from({ length: last - 1 }, (_, c) => valueColumn(chunk.getColumnVector(c + 1)));
       // In a snapshot, an entity whose latest row is a deletion is simply absent.
       for (const gone of deletions) if (gone) deleted++;
       room(encoder.bytesNeeded(texts));

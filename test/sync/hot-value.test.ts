@@ -6,10 +6,11 @@ import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { FeatureType } from '../../src/jobs/definition.js';
 import { quoteIdent } from '../../src/stores/database.js';
-import { decodeHotValue, encodeHotValue, HotRowEncoder, HotValueError, hotRowsSql, HOT_FORMAT, type HotColumn } from '../../src/stores/hot-value.js';
+import { arrayColumn, decodeHotValue, encodeHotValue, HotRowEncoder, HotValueError, hotRowsSql, HOT_FORMAT, type HotColumn } from '../../src/stores/hot-value.js';
 import { isoTimeSql } from '../../src/stores/metadata.js';
 import { PostgresDatabase } from '../../src/stores/postgres.js';
 import type { FeatureRow } from '../../src/stores/reader.js';
+import { valueColumn } from '../../src/sync/duck-columns.js';
 import { pipeCsv } from '../../src/sync/duck-copy.js';
 import { hotValuesFromPostgresSql, ISO_UTC_DUCK, PG_TYPE } from '../../src/sync/plan.js';
 import { freshDatabase } from '../support/db.js';
@@ -90,7 +91,7 @@ describe('hot-tier values', () => {
     const encoder = new HotRowEncoder(columns.map((c) => c.type));
     const buffer = Buffer.alloc(encoder.bytesNeeded(texts) + 16);
     // Written from an offset, as the sync writes a chunk after another into one buffer.
-    expect(encoder.encode(texts, skip, chunkColumns, out, buffer, 16)).toBeLessThanOrEqual(buffer.length);
+    expect(encoder.encode(texts, skip, chunkColumns.map(arrayColumn), out, buffer, 16)).toBeLessThanOrEqual(buffer.length);
     return new Map(out.map(([key, value]) => [key.slice(2), value]));
   }
 
@@ -124,6 +125,30 @@ describe('hot-tier values', () => {
       // A lookup filling a miss writes a value that decodes the same.
       expect(decodeHotValue(encodeHotValue(row))).toEqual(row);
     }
+  });
+
+  it('reads the double columns of DuckDB chunks in place (nulls included) to the same bytes as through arrays', async () => {
+    const expected = await fromSync();
+    // More rows than one chunk, with nulls, so the validity bitmap is exercised past its first word.
+    await conn.run(`CREATE TABLE big AS SELECT src.* FROM src, range(80)`);
+    const result = await conn.stream(`SELECT ${hotRowsSql("'k:' || entity_id", columns, ISO_UTC_DUCK).join(', ')}, false FROM big`);
+    const encoder = new HotRowEncoder(columns.map((c) => c.type));
+    let inPlace = 0;
+    let rows = 0;
+    for (;;) {
+      const chunk = await result.fetchChunk();
+      if (!chunk || chunk.rowCount === 0) break;
+      const texts = chunk.getColumnVector(0).toArray();
+      const skip = chunk.getColumnVector(chunk.columnCount - 1).toArray();
+      const read = Array.from({ length: chunk.columnCount - 2 }, (_, c) => valueColumn(chunk.getColumnVector(c + 1)));
+      inPlace += read.filter((c) => c.values instanceof Float64Array).length;
+      const out: [string, Buffer][] = [];
+      encoder.encode(texts, skip, read, out, Buffer.alloc(encoder.bytesNeeded(texts)), 0);
+      for (const [key, value] of out) expect(value.equals(expected.get(key.slice(2))!), key).toBe(true);
+      rows += out.length;
+    }
+    expect(rows).toBe(ROWS * 80);
+    expect(inPlace).toBeGreaterThan(0);
   });
 
   it('is shorter than the same values as a JSON array', async () => {
