@@ -397,11 +397,13 @@ async function allocateVersion(db: Database, job: JobDefinition, runId: number):
  */
 async function streamRows(duck: DuckDBInstance, conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext, hasDuplicates: boolean): Promise<{ postgres: number; hot: number; deleted: number; loadMs: Record<string, number> }> {
   let failed = false;
+  let cause: unknown;
   const copyConn = await duck.connect();
   try {
-    const stopCopy = () => {
+    // The first failure is the cause; the other load then only stopped because of it.
+    const fail = (error: unknown) => {
+      if (!failed) cause = error;
       failed = true;
-      copyConn.interrupt();
     };
     const started = Date.now();
     const took: { postgres?: number; hot_tier?: number } = {};
@@ -409,19 +411,20 @@ async function streamRows(duck: DuckDBInstance, conn: DuckDBConnection, job: Job
       loadPostgres(copyConn, job, table, ctx, hasDuplicates).then(
         (value) => ((took.postgres = Date.now() - started), value),
         (error: unknown) => {
-          failed = true;
+          fail(error);
           throw error;
         },
       ),
       loadHotTier(conn, job, version, ctx, hasDuplicates, () => failed).then(
         (value) => ((took.hot_tier = Date.now() - started), value),
         (error: unknown) => {
-          stopCopy();
+          fail(error);
+          copyConn.interrupt();
           throw error;
         },
       ),
     ]);
-    // The first failure is the cause; an interrupted COPY only followed it.
+    if (failed) throw cause;
     if (hot.status === 'rejected') throw hot.reason;
     if (postgres.status === 'rejected') throw postgres.reason;
     if (postgres.value.duckdb !== postgres.value.stored) throw new Error(`DuckDB wrote ${postgres.value.duckdb} rows for Postgres but COPY stored ${postgres.value.stored}; nothing was published`);
