@@ -103,7 +103,14 @@ export class FeatureReader {
       const row = found.get(ids[i]!);
       if (!row) continue;
       rows[i] = row;
-      if (this.hot && !hotError) fills.push([hotKey(version.view, version.version, ids[i]!), encodeHotValue(row)]);
+      if (this.hot && !hotError) {
+        // A value the hot tier cannot hold is served from Postgres each time rather than failing the lookup.
+        try {
+          fills.push([hotKey(version.view, version.version, ids[i]!), encodeHotValue(row)]);
+        } catch (error) {
+          this.options.onHotError?.(error as Error);
+        }
+      }
     }
     // Filling is best effort and off the response path.
     if (fills.length) void this.hot!.set(fills, this.options.fillTtlSeconds).catch((error: Error) => this.options.onHotError?.(error));

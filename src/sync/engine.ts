@@ -159,7 +159,9 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
   const duck = await DuckDBInstance.create(':memory:', { memory_limit: ctx.duckdbMemoryLimit ?? '128MB', threads: '2', temp_directory: path.join(os.tmpdir(), 'featurestore-duckdb') });
   const conn = await duck.connect();
   try {
-    await conn.run(`SET TimeZone = 'UTC'; SET preserve_insertion_order = false`);
+    // DuckDB's allocator otherwise keeps up to 128 MB it freed (the duplicate count's hash table, say) through
+    // the load that follows; returning it promptly keeps the sync's resident memory flat as the input grows.
+    await conn.run(`SET TimeZone = 'UTC'; SET preserve_insertion_order = false; SET allocator_flush_threshold = '32MB'; SET allocator_background_threads = true`);
     const columns = await describeSource(conn, job);
     const { ignoredColumns } = checkContract(job, columns);
     if (ignoredColumns.length) details.ignored_columns = ignoredColumns;
