@@ -5,9 +5,9 @@ import { hotKeyPrefix } from './hot-tier.js';
 
 export class MemoryHotTier implements HotTier {
   readonly kind = 'memory' as const;
-  private readonly entries = new Map<string, { value: string; expiresAt: number }>();
+  private readonly entries = new Map<string, { value: Buffer; expiresAt: number }>();
 
-  async get(keys: readonly string[]): Promise<(string | null)[]> {
+  async get(keys: readonly string[]): Promise<(Buffer | null)[]> {
     const now = Date.now();
     return keys.map((key) => {
       const entry = this.entries.get(key);
@@ -20,9 +20,10 @@ export class MemoryHotTier implements HotTier {
     });
   }
 
-  async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
+  async set(entries: readonly (readonly [string, Buffer])[], ttlSeconds?: number): Promise<void> {
     const expiresAt = ttlSeconds ? Date.now() + ttlSeconds * 1000 : Number.POSITIVE_INFINITY;
-    for (const [key, value] of entries) this.entries.set(key, { value, expiresAt });
+    // A copy: the caller may reuse the bytes once this returns.
+    for (const [key, value] of entries) this.entries.set(key, { value: Buffer.from(value), expiresAt });
   }
 
   async dropVersion(view: string, version: number): Promise<number> {

@@ -8,6 +8,7 @@ import type { Database } from './database.js';
 import type { HotTier } from './hot-tier.js';
 import { hotKey } from './hot-tier.js';
 import type { ReplicaSet } from './postgres.js';
+import { decodeHotValue, encodeHotValue } from './hot-value.js';
 
 /** One entity's stored row: its event time and the feature values in the version's order. */
 export interface FeatureRow {
@@ -56,15 +57,6 @@ export class VersionGoneError extends Error {
 }
 
 const HOT_TIER_SKIPPED = new Error('the hot tier failed recently and is skipped until its retry time');
-
-function decodeHotValue(text: string): FeatureRow {
-  const array = JSON.parse(text) as unknown[];
-  return { eventTime: array[0] as string, values: array.slice(1) };
-}
-
-function encodeHotValue(row: FeatureRow): string {
-  return JSON.stringify([row.eventTime, ...row.values]);
-}
 
 export class FeatureReader implements FeatureSource {
   /** Until when the hot tier is skipped after a failure. */
@@ -117,12 +109,19 @@ export class FeatureReader implements FeatureSource {
     const started = performance.now();
     const found = await inSpan(tracer, 'postgres select', { 'db.system': 'postgresql', 'db.operation.name': 'SELECT', 'featurestore.keys': wanted.length }, () => this.readPostgres(version, wanted));
     timings.postgres = performance.now() - started;
-    const fills: [string, string][] = [];
+    const fills: [string, Buffer][] = [];
     for (const i of missing) {
       const row = found.get(ids[i]!);
       if (!row) continue;
       rows[i] = row;
-      if (this.hot && !hotError) fills.push([hotKey(version.view, version.version, ids[i]!), encodeHotValue(row)]);
+      if (this.hot && !hotError) {
+        // A value the hot tier cannot hold is served from Postgres each time rather than failing the lookup.
+        try {
+          fills.push([hotKey(version.view, version.version, ids[i]!), encodeHotValue(row)]);
+        } catch (error) {
+          this.options.onHotError?.(error as Error);
+        }
+      }
     }
     // Filling is best effort and off the response path.
     if (fills.length) void this.hot!.set(fills, this.options.fillTtlSeconds).catch((error: Error) => this.options.onHotError?.(error));

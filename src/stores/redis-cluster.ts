@@ -89,7 +89,7 @@ export class RedisClusterHotTier implements HotTier {
     });
   }
 
-  async get(keys: readonly string[]): Promise<(string | null)[]> {
+  async get(keys: readonly string[]): Promise<(Buffer | null)[]> {
     if (keys.length === 1) return [await this.within('read', this.getOne(keys[0]!))];
     return this.within(`read of ${keys.length} keys`, this.getMany(keys));
   }
@@ -100,14 +100,14 @@ export class RedisClusterHotTier implements HotTier {
    * stale (MOVED, ASK, a master it names is not connected), the whole batch
    * again through the cluster client, which follows redirections.
    */
-  private async getMany(keys: readonly string[]): Promise<(string | null)[]> {
-    const values: (string | null)[] = new Array(keys.length).fill(null);
+  private async getMany(keys: readonly string[]): Promise<(Buffer | null)[]> {
+    const values: (Buffer | null)[] = new Array(keys.length).fill(null);
     const direct = this.byMaster(keys);
     if (direct) {
       const results = await Promise.all(
         [...direct].map(async ([node, indexes]) => {
           const pipeline = node.pipeline();
-          for (const i of indexes) pipeline.get(keys[i]!);
+          for (const i of indexes) pipeline.getBuffer(keys[i]!);
           return [indexes, (await pipeline.exec()) ?? []] as const;
         }),
       );
@@ -117,7 +117,7 @@ export class RedisClusterHotTier implements HotTier {
           indexes.forEach((index, j) => {
             const [error, value] = replies[j]!;
             if (error) throw error;
-            values[index] = value as string | null;
+            values[index] = value as Buffer | null;
           });
         }
         return values;
@@ -126,9 +126,9 @@ export class RedisClusterHotTier implements HotTier {
     await Promise.all(
       this.byNode(keys.length, (i) => keys[i]!).map(async (indexes) => {
         const pipeline = this.client.pipeline();
-        for (const i of indexes) pipeline.get(keys[i]!);
+        for (const i of indexes) pipeline.getBuffer(keys[i]!);
         const results = await execPipeline(pipeline);
-        indexes.forEach((index, j) => (values[index] = results[j] as string | null));
+        indexes.forEach((index, j) => (values[index] = results[j] as Buffer | null));
       }),
     );
     return values;
@@ -150,7 +150,7 @@ export class RedisClusterHotTier implements HotTier {
     return groups;
   }
 
-  async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
+  async set(entries: readonly (readonly [string, Buffer])[], ttlSeconds?: number): Promise<void> {
     if (entries.length === 0) return;
     // A sync may start writing before the slot map has arrived; wait for it within the same bound.
     if (!this.isReady()) await this.ready(this.timeoutMs);
@@ -249,14 +249,14 @@ export class RedisClusterHotTier implements HotTier {
    * that no longer owns the slot answers MOVED (or ASK), and then the cluster
    * client, which follows redirections and refreshes its slot map, reads it.
    */
-  private async getOne(key: string): Promise<string | null> {
+  private async getOne(key: string): Promise<Buffer | null> {
     const owner = this.client.slots[keySlot(key)]?.[0];
     const node = owner === undefined ? undefined : this.mastersByName().get(owner);
-    if (!node || node.status !== 'ready') return this.client.get(key);
+    if (!node || node.status !== 'ready') return this.client.getBuffer(key);
     try {
-      return await node.get(key);
+      return await node.getBuffer(key);
     } catch (error) {
-      if (/^(MOVED|ASK) /.test((error as Error).message)) return this.client.get(key);
+      if (/^(MOVED|ASK) /.test((error as Error).message)) return this.client.getBuffer(key);
       throw error;
     }
   }

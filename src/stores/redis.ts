@@ -31,12 +31,12 @@ export class RedisHotTier implements HotTier {
     this.client.on('error', () => undefined);
   }
 
-  async get(keys: readonly string[]): Promise<(string | null)[]> {
-    if (keys.length === 1) return [await this.client.get(keys[0]!)];
-    return this.client.mget(...keys);
+  async get(keys: readonly string[]): Promise<(Buffer | null)[]> {
+    if (keys.length === 1) return [await this.client.getBuffer(keys[0]!)];
+    return this.client.mgetBuffer(...keys);
   }
 
-  async set(entries: readonly (readonly [string, string])[], ttlSeconds?: number): Promise<void> {
+  async set(entries: readonly (readonly [string, Buffer])[], ttlSeconds?: number): Promise<void> {
     if (entries.length === 0) return;
     try {
       await this.write(entries, ttlSeconds);
@@ -46,7 +46,7 @@ export class RedisHotTier implements HotTier {
     }
   }
 
-  private async write(entries: readonly (readonly [string, string])[], ttlSeconds: number | undefined): Promise<void> {
+  private async write(entries: readonly (readonly [string, Buffer])[], ttlSeconds: number | undefined): Promise<void> {
     if (ttlSeconds) {
       const pipeline = this.client.pipeline();
       for (const [key, value] of entries) pipeline.set(key, value, 'EX', ttlSeconds);

@@ -11,6 +11,8 @@ import type { FeatureType, JobDefinition } from '../jobs/definition.js';
 import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
+import { asBuffer, HotRowEncoder } from '../stores/hot-value.js';
+import { valueColumn } from './duck-columns.js';
 import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, runOfTick, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
 import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from '../observability/log.js';
@@ -25,8 +27,10 @@ import {
   judgeEpochUnits,
   judgeRejects,
   judgeSnapshot,
+  copySql,
+  hotColumns,
+  hotSql,
   hotValuesFromPostgresSql,
-  loadSql,
   mergeSql,
   projectionSql,
   REJECT_SAMPLE_SQL,
@@ -38,6 +42,7 @@ import {
   type RunStats,
   type SourceColumn,
 } from './plan.js';
+import { pipeCsv } from './duck-copy.js';
 
 /** Published versions kept per view: the current one and the one before it (for lagging readers and rollback). */
 export const RETAINED_VERSIONS = 2;
@@ -173,7 +178,9 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
   const duck = await DuckDBInstance.create(':memory:', { memory_limit: ctx.duckdbMemoryLimit ?? '128MB', threads: '2', temp_directory: path.join(os.tmpdir(), 'featurestore-duckdb') });
   const conn = await duck.connect();
   try {
-    await conn.run(`SET TimeZone = 'UTC'; SET preserve_insertion_order = false`);
+    // DuckDB's allocator otherwise keeps up to 128 MB it freed (the duplicate count's hash table, say) through
+    // the load that follows; returning it promptly keeps the sync's resident memory flat as the input grows.
+    await conn.run(`SET TimeZone = 'UTC'; SET preserve_insertion_order = false; SET allocator_flush_threshold = '32MB'; SET allocator_background_threads = true`);
     const columns = await describeSource(conn, job);
     const { ignoredColumns } = checkContract(job, columns);
     if (ignoredColumns.length) details.ignored_columns = ignoredColumns;
@@ -219,11 +226,13 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
       rowCount = merged.rows;
       watermark = merged.asOf;
     } else {
-      const written = await streamRows(conn, job, version, table, ctx, stats.duplicates > 0);
+      const written = await streamRows(duck, conn, job, version, table, ctx, stats.duplicates > 0);
       rowsWritten = written.postgres;
       rowCount = written.postgres;
       watermark = stats.watermark;
       if (written.deleted) details.deleted = written.deleted;
+      // How long each store took to load, both running at once: which one the load waited for.
+      details.load_ms = written.loadMs;
       // Every row read is accounted for: written, deleted, rejected, or a duplicate that lost.
       if (written.postgres + written.deleted !== stats.entities || written.hot !== written.postgres) {
         throw new Error(
@@ -342,19 +351,9 @@ async function mergeDelta(
   await db.query(createDeltaTableSql(delta, job.features));
   try {
     const copy = await db.openCopy(delta, ['entity_id', 'event_time', ...job.features.map((f) => f.name), 'deleted']);
-    let deltaRows = 0;
+    let deltaRows: number;
     try {
-      const result = await conn.stream(loadSql(job, stats.duplicates > 0));
-      for (;;) {
-        const chunk = await result.fetchChunk();
-        if (!chunk || chunk.rowCount === 0) break;
-        const lines = chunk.getColumnVector(1);
-        const deletions = chunk.getColumnVector(3);
-        const text: string[] = [];
-        for (let i = 0; i < chunk.rowCount; i++) text.push(`${lines.getItem(i) as string},${deletions.getItem(i) ? 'true' : 'false'}`);
-        await copy.write(text.join('\n') + '\n');
-        deltaRows += chunk.rowCount;
-      }
+      deltaRows = await pipeCsv(conn, copySql(job, stats.duplicates > 0, true), copy);
     } catch (error) {
       await copy.abort(error as Error);
       throw error;
@@ -375,7 +374,7 @@ async function mergeDelta(
     if (changes === 0) return { changes, rows, asOf: after!.as_of, counts };
     let hotRows = 0;
     await forEachBatch(db, hotValuesFromPostgresSql(table, job.features), ctx.batchRows, async (batch) => {
-      await hot.set(batch.map((row) => [hotKey(job.view, version, row[0] as string), row[1] as string] as const));
+      await hot.set(batch.map((row) => [hotKey(job.view, version, row[0] as string), asBuffer(row[1] as Uint8Array)] as const));
       hotRows += batch.length;
     });
     if (hotRows !== rows) throw new Error(`the hot tier received ${hotRows} of ${rows} rows; nothing was published`);
@@ -410,52 +409,126 @@ async function allocateVersion(db: Database, job: JobDefinition, runId: number):
   return version;
 }
 
-/** Streams DuckDB's rows into COPY and the hot tier at once, a bounded batch at a time. */
-async function streamRows(conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext, hasDuplicates: boolean): Promise<{ postgres: number; hot: number; deleted: number }> {
+/**
+ * Loads the snapshot into Postgres and the hot tier at once: DuckDB writes the
+ * rows as CSV into the COPY on one connection while another streams the
+ * hot-tier keys and values it built, in bounded batches, to the hot tier.
+ * Both run to their end (or stop at the other's failure) before this returns,
+ * so a cleanup after a failure never races a write still in flight.
+ */
+async function streamRows(duck: DuckDBInstance, conn: DuckDBConnection, job: JobDefinition, version: number, table: string, ctx: SyncContext, hasDuplicates: boolean): Promise<{ postgres: number; hot: number; deleted: number; loadMs: Record<string, number> }> {
+  let failed = false;
+  let cause: unknown;
+  const copyConn = await duck.connect();
+  try {
+    // The first failure is the cause; the other load then only stopped because of it.
+    const fail = (error: unknown) => {
+      if (!failed) cause = error;
+      failed = true;
+    };
+    const started = Date.now();
+    const took: { postgres?: number; hot_tier?: number } = {};
+    const [postgres, hot] = await Promise.allSettled([
+      loadPostgres(copyConn, job, table, ctx, hasDuplicates).then(
+        (value) => ((took.postgres = Date.now() - started), value),
+        (error: unknown) => {
+          fail(error);
+          throw error;
+        },
+      ),
+      loadHotTier(conn, job, version, ctx, hasDuplicates, () => failed).then(
+        (value) => ((took.hot_tier = Date.now() - started), value),
+        (error: unknown) => {
+          fail(error);
+          copyConn.interrupt();
+          throw error;
+        },
+      ),
+    ]);
+    if (failed) throw cause;
+    if (hot.status === 'rejected') throw hot.reason;
+    if (postgres.status === 'rejected') throw postgres.reason;
+    if (postgres.value.duckdb !== postgres.value.stored) throw new Error(`DuckDB wrote ${postgres.value.duckdb} rows for Postgres but COPY stored ${postgres.value.stored}; nothing was published`);
+    return { postgres: postgres.value.stored, hot: hot.value.written, deleted: hot.value.deleted, loadMs: took };
+  } finally {
+    copyConn.closeSync();
+  }
+}
+
+async function loadPostgres(conn: DuckDBConnection, job: JobDefinition, table: string, ctx: SyncContext, hasDuplicates: boolean): Promise<{ duckdb: number; stored: number }> {
   const copy = await ctx.db.openCopy(table, ['entity_id', 'event_time', ...job.features.map((f) => f.name)]);
+  let duckdb: number;
+  try {
+    duckdb = await pipeCsv(conn, copySql(job, hasDuplicates, false), copy);
+  } catch (error) {
+    await copy.abort(error as Error);
+    throw error;
+  }
+  return { duckdb, stored: await copy.finish() };
+}
+
+/** Bytes per buffer the hot-tier values are written into; buffers are reused once their batch is written. */
+const SLAB_BYTES = 1 << 20;
+
+/**
+ * Streams the hot-tier keys and values DuckDB built into the hot tier, a few
+ * batches in flight; counts deleted entities too. Values are written into a
+ * few reused buffers rather than fresh ones per chunk: allocating (and
+ * garbage-collecting) a buffer per chunk cost more CPU and resident memory
+ * than anything else in this loop. HotTier.set does not keep the buffers past
+ * its promise, so a batch's buffers are free again once its write settled.
+ */
+async function loadHotTier(conn: DuckDBConnection, job: JobDefinition, version: number, ctx: SyncContext, hasDuplicates: boolean, stopped: () => boolean): Promise<{ written: number; deleted: number }> {
   const inFlight: Promise<void>[] = [];
-  let hotRows = 0;
+  let written = 0;
   let deleted = 0;
-  let csv: string[] = [];
-  let entries: [string, string][] = [];
+  let entries: [string, Buffer][] = [];
+  const encoder = new HotRowEncoder(hotColumns(job).map((c) => c.type));
+  const free: Buffer[] = [];
+  let slabs: Buffer[] = [];
+  let slab: Buffer | undefined;
+  let at = 0;
+  const room = (bytes: number) => {
+    if (slab && at + bytes <= slab.length) return;
+    slab = bytes <= SLAB_BYTES ? (free.pop() ?? Buffer.allocUnsafe(SLAB_BYTES)) : Buffer.allocUnsafe(bytes);
+    slabs.push(slab);
+    at = 0;
+  };
   const flush = async () => {
-    if (csv.length === 0) return;
+    if (entries.length === 0) return;
     const batch = entries;
-    const text = csv.join('\n') + '\n';
-    csv = [];
+    const used = slabs;
     entries = [];
-    const write = ctx.hot.set(batch).then(() => void (hotRows += batch.length));
-    write.catch(() => undefined); // handled when awaited; keeps an early failure from being "unhandled"
-    inFlight.push(write);
+    slabs = [];
+    slab = undefined;
+    const write = ctx.hot.set(batch).then(() => void (written += batch.length));
+    // Whatever the outcome, the batch is done with its buffers.
+    const settled = write.finally(() => free.push(...used.filter((b) => b.length === SLAB_BYTES)));
+    settled.catch(() => undefined); // handled when awaited; keeps an early failure from being "unhandled"
+    inFlight.push(settled);
     if (inFlight.length >= HOT_WRITES_IN_FLIGHT) await inFlight.shift();
-    await copy.write(text);
   };
   try {
-    const result = await conn.stream(loadSql(job, hasDuplicates, hotKeyPrefix(job.view, version)));
+    const result = await conn.stream(hotSql(job, hasDuplicates, hotKeyPrefix(job.view, version)));
     for (;;) {
+      if (stopped()) throw new Error('the Postgres load failed, so the hot-tier load stopped');
       const chunk = await result.fetchChunk();
       if (!chunk || chunk.rowCount === 0) break;
-      const keys = chunk.getColumnVector(4);
-      const lines = chunk.getColumnVector(1);
-      const values = chunk.getColumnVector(2);
-      const deletions = chunk.getColumnVector(3);
-      for (let i = 0; i < chunk.rowCount; i++) {
-        // In a snapshot, an entity whose latest row is a deletion is simply absent.
-        if (deletions.getItem(i)) {
-          deleted++;
-          continue;
-        }
-        csv.push(lines.getItem(i) as string);
-        entries.push([keys.getItem(i) as string, values.getItem(i) as string]);
-      }
-      if (csv.length >= ctx.batchRows) await flush();
+      const last = chunk.columnCount - 1;
+      const texts = chunk.getColumnVector(0).toArray();
+      const deletions = chunk.getColumnVector(last).toArray();
+      const columns = Array.from({ length: last - 1 }, (_, c) => valueColumn(chunk.getColumnVector(c + 1)));
+      // In a snapshot, an entity whose latest row is a deletion is simply absent.
+      for (const gone of deletions) if (gone) deleted++;
+      room(encoder.bytesNeeded(texts));
+      at = encoder.encode(texts, deletions, columns, entries, slab!, at);
+      if (entries.length >= ctx.batchRows) await flush();
     }
     await flush();
     await Promise.all(inFlight);
-    return { postgres: await copy.finish(), hot: hotRows, deleted };
+    return { written, deleted };
   } catch (error) {
     await Promise.allSettled(inFlight);
-    await copy.abort(error as Error);
     throw error;
   }
 }

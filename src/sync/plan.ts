@@ -1,10 +1,13 @@
 // Owns the SQL the sync runs in DuckDB: the contract check of the source's
 // columns, the projection to the view's declared types, the data checks, and the
-// per-row CSV (for Postgres COPY) and JSON (for the hot tier) text, which DuckDB
-// formats in bulk so that no per-row work happens in JavaScript.
+// rows to load: typed columns that DuckDB writes as CSV for Postgres COPY (no
+// row passes through JavaScript), and for the hot tier each row's key and text
+// in one string plus its numbers as doubles, which the encoder copies without
+// formatting.
 import type { EpochUnit, FeatureDefinition, FeatureType, JobDefinition } from '../jobs/definition.js';
 import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
 import { quoteIdent } from '../stores/database.js';
+import { hotRowsSql, hotValuePostgresSql, type HotColumn } from '../stores/hot-value.js';
 import { isoTimeSql } from '../stores/metadata.js';
 
 /** A failure of the data or its contract: retrying will not help, fixing the data will. */
@@ -303,40 +306,45 @@ export function judgeSnapshot(job: JobDefinition, stats: RunStats, previous: { v
   }
 }
 
-function csvField(name: string, type: FeatureType | 'key'): string {
-  const col = quoteIdent(name);
-  switch (type) {
-    case 'key':
-    case 'string':
-      // Quoted, so an empty string stays distinct from NULL (an empty unquoted field).
-      return `CASE WHEN ${col} IS NULL THEN '' ELSE '"' || replace(${col}, '"', '""') || '"' END`;
-    case 'timestamp':
-      return `coalesce(strftime(${col}, ${ISO_UTC_DUCK}), '')`;
-    default:
-      return `coalesce(CAST(${col} AS VARCHAR), '')`;
-  }
-}
-
-function jsonField(feature: FeatureDefinition): string {
-  const col = quoteIdent(feature.name);
-  return feature.type === 'timestamp' ? `strftime(${col}, ${ISO_UTC_DUCK})` : col;
+/**
+ * The accepted rows, one per entity. With duplicates, one row per entity wins:
+ * the latest event time, and on a tie a deletion, then the row with the
+ * greatest values in feature order, so the winner never depends on file order
+ * (and the Postgres and hot-tier loads, which each run this, pick the same rows).
+ */
+function winnersSql(job: JobDefinition, hasDuplicates: boolean, columns: string): string {
+  const rows = `SELECT ${columns} FROM checked WHERE reject IS NULL`;
+  if (!hasDuplicates) return rows;
+  // A deletion wins a tie with an update of the same instant.
+  const values = job.features.map((f) => `${quoteIdent(f.name)} DESC NULLS FIRST`);
+  return `${rows} QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY ${['event_time DESC', '__deleted DESC', ...values].join(', ')}) = 1`;
 }
 
 /**
- * The accepted rows as (entity id, CSV record for COPY, compact JSON array for
- * the hot tier). With duplicates, one row per entity wins: the latest event
- * time, and on a tie a deletion, then the row whose served JSON value sorts
- * last, so the winner never depends on file order.
+ * The rows for Postgres COPY, typed, for DuckDB's CSV writer (whose text
+ * Postgres reads back exactly: shortest round-trip doubles, times with
+ * microseconds and offset, "" for an empty string and nothing for NULL). A
+ * snapshot leaves deleted entities out; a delta keeps them, flagged.
  */
-export function loadSql(job: JobDefinition, hasDuplicates: boolean, hotKeyPrefix = ''): string {
-  const csv = [csvField('entity_id', 'key'), csvField('event_time', 'timestamp'), ...job.features.map((f) => csvField(f.name, f.type))].join(` || ',' || `);
-  const json = `CAST(json_array(strftime(event_time, ${ISO_UTC_DUCK}), ${job.features.map(jsonField).join(', ')}) AS VARCHAR)`;
-  const rows = `SELECT entity_id, ${csv} AS csv, ${json} AS hot, __deleted, event_time FROM checked WHERE reject IS NULL`;
-  // The hot-tier key is built here too, in bulk, rather than per row in JavaScript.
-  const key = `${sqlString(hotKeyPrefix)} || entity_id AS hot_key`;
-  if (!hasDuplicates) return `SELECT entity_id, csv, hot, __deleted, ${key} FROM (${rows})`;
-  // A deletion wins a tie with an update of the same instant.
-  return `SELECT entity_id, csv, hot, __deleted, ${key} FROM (${rows}) QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY event_time DESC, __deleted DESC, hot DESC) = 1`;
+export function copySql(job: JobDefinition, hasDuplicates: boolean, withDeletions: boolean): string {
+  const columns = ['entity_id', 'event_time', ...job.features.map((f) => quoteIdent(f.name))];
+  const winners = winnersSql(job, hasDuplicates, `${columns.join(', ')}, __deleted`);
+  return withDeletions ? `SELECT ${columns.join(', ')}, __deleted AS deleted FROM (${winners})` : `SELECT ${columns.join(', ')} FROM (${winners}) WHERE NOT __deleted`;
+}
+
+/** What a hot-tier value holds, in order: the event time, then the features. */
+export function hotColumns(job: JobDefinition): HotColumn[] {
+  return [{ sql: 'event_time', type: 'timestamp' }, ...job.features.map((f) => ({ sql: quoteIdent(f.name), type: f.type }))];
+}
+
+/**
+ * The rows for the hot tier: the key and text column and the value columns
+ * HotRowEncoder reads, then the deletion flag (a snapshot writes no key for a
+ * deleted entity). The key is built here, in bulk, rather than per row in JavaScript.
+ */
+export function hotSql(job: JobDefinition, hasDuplicates: boolean, hotKeyPrefix: string): string {
+  const columns = hotRowsSql(`${sqlString(hotKeyPrefix)} || entity_id`, hotColumns(job), ISO_UTC_DUCK);
+  return `SELECT ${columns.join(', ')}, __deleted FROM (${winnersSql(job, hasDuplicates, '*')})`;
 }
 
 /** Postgres DDL for one version's table; the primary key is added after the load. */
@@ -371,8 +379,8 @@ export function mergeSql(table: string, delta: string, features: readonly Featur
   };
 }
 
-/** Rows of a version table as (entity id, hot-tier JSON), formatted by Postgres exactly as the sync formats them. */
-export function hotValuesFromPostgresSql(table: string, features: readonly FeatureDefinition[]): string {
-  const values = features.map((f) => (f.type === 'timestamp' ? isoTimeSql(quoteIdent(f.name)) : quoteIdent(f.name)));
-  return `SELECT entity_id, json_build_array(${[isoTimeSql('event_time'), ...values].join(', ')})::text FROM ${table}`;
+/** Rows of a version table as (entity id, hot-tier value), encoded by Postgres byte for byte as the sync encodes them. */
+export function hotValuesFromPostgresSql(table: string, features: readonly { readonly name: string; readonly type: FeatureType }[]): string {
+  const value = hotValuePostgresSql([{ sql: 'event_time', type: 'timestamp' }, ...features.map((f) => ({ sql: quoteIdent(f.name), type: f.type }))], isoTimeSql);
+  return `SELECT entity_id, ${value} FROM ${table}`;
 }

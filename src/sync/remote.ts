@@ -151,7 +151,7 @@ export class StoreHost {
       case 'hot.get':
         return this.hot.get(a[0] as string[]);
       case 'hot.set':
-        return this.hot.set(a[0] as [string, string][], a[1] as number | undefined);
+        return this.hot.set(a[0] as [string, Buffer][], a[1] as number | undefined);
       case 'hot.dropVersion':
         return this.hot.dropVersion(a[0] as string, a[1] as number);
       case 'hot.ping':

@@ -86,7 +86,7 @@ describe('Redis Cluster', () => {
       );
 
     it('writes and reads a batch spread over every master, in order, nulls for absent keys, with no CROSSSLOT', async () => {
-      const entries = Array.from({ length: 2000 }, (_, i) => [hotKey('spread', 1, `e${i}`), JSON.stringify(['2026-01-01T00:00:00.000Z', i])] as const);
+      const entries = Array.from({ length: 2000 }, (_, i) => [hotKey('spread', 1, `e${i}`), Buffer.from(JSON.stringify(['2026-01-01T00:00:00.000Z', i]))] as const);
       await tier.set(entries);
       const perMaster = await keysPerMaster('fs:spread:1:*');
       expect(perMaster).toHaveLength(3);
@@ -95,12 +95,12 @@ describe('Redis Cluster', () => {
 
       // Present and absent keys interleaved, across slots and masters: every value in its place.
       const ids = Array.from({ length: 1000 }, (_, i) => (i % 3 === 0 ? `absent${i}` : `e${(i * 7) % 2000}`));
-      const values = await tier.get(ids.map((id) => hotKey('spread', 1, id)));
+      const values = (await tier.get(ids.map((id) => hotKey('spread', 1, id)))).map((v) => v?.toString() ?? null);
       expect(values).toHaveLength(ids.length);
       ids.forEach((id, i) => {
         expect(values[i]).toBe(id.startsWith('absent') ? null : JSON.stringify(['2026-01-01T00:00:00.000Z', Number(id.slice(1))]));
       });
-      expect(await tier.get([hotKey('spread', 1, 'e42')])).toEqual([JSON.stringify(['2026-01-01T00:00:00.000Z', 42])]);
+      expect(await tier.get([hotKey('spread', 1, 'e42')])).toEqual([Buffer.from(JSON.stringify(['2026-01-01T00:00:00.000Z', 42]))]);
       expect(await tier.get([hotKey('spread', 1, 'nope')])).toEqual([null]);
     });
 
@@ -111,24 +111,24 @@ describe('Redis Cluster', () => {
 
     it('follows MOVED when its slot map is stale (a read sent to a master that no longer owns the slot)', async () => {
       const key = hotKey('moved', 1, 'e1');
-      await tier.set([[key, 'right']]);
+      await tier.set([[key, Buffer.from('right')]]);
       const slot = keySlot(key);
       const owner = tier.client.slots[slot]![0]!;
       const other = tier.client.nodes('master').map((n) => `${n.options.host}:${n.options.port}`).find((name) => name !== owner)!;
       tier.client.slots[slot] = [other];
-      expect(await tier.get([key])).toEqual(['right']);
+      expect(await tier.get([key])).toEqual([Buffer.from('right')]);
       expect(tier.client.slots[slot]![0]).toBe(owner);
       // A batch with one key sent to the wrong master: every value still in its place.
       const batch = Array.from({ length: 50 }, (_, i) => hotKey('moved', 1, `b${i}`));
-      await tier.set(batch.map((k, i) => [k, `v${i}`] as const));
+      await tier.set(batch.map((k, i) => [k, Buffer.from(`v${i}`)] as const));
       const stale = keySlot(batch[7]!);
       const right = tier.client.slots[stale]![0]!;
       tier.client.slots[stale] = [tier.client.nodes('master').map((n) => `${n.options.host}:${n.options.port}`).find((name) => name !== right)!];
-      expect(await tier.get([...batch, hotKey('moved', 1, 'absent')])).toEqual([...batch.map((_, i) => `v${i}`), null]);
+      expect(await tier.get([...batch, hotKey('moved', 1, 'absent')])).toEqual([...batch.map((_, i) => Buffer.from(`v${i}`)), null]);
     });
 
     it('gives fills their TTL', async () => {
-      await tier.set([[hotKey('ttl', 3, 'a'), 'x'], [hotKey('ttl', 3, 'b'), 'y']], 120);
+      await tier.set([[hotKey('ttl', 3, 'a'), Buffer.from('x')], [hotKey('ttl', 3, 'b'), Buffer.from('y')]], 120);
       for (const id of ['a', 'b']) {
         const ttl = await tier.client.ttl(hotKey('ttl', 3, id));
         expect(ttl).toBeGreaterThan(100);
@@ -137,8 +137,8 @@ describe('Redis Cluster', () => {
     });
 
     it('drops one version on every master and nothing else', async () => {
-      await tier.set(Array.from({ length: 1500 }, (_, i) => [hotKey('drop', 1, `e${i}`), 'old'] as const));
-      await tier.set(Array.from({ length: 300 }, (_, i) => [hotKey('drop', 2, `e${i}`), 'new'] as const));
+      await tier.set(Array.from({ length: 1500 }, (_, i) => [hotKey('drop', 1, `e${i}`), Buffer.from('old')] as const));
+      await tier.set(Array.from({ length: 300 }, (_, i) => [hotKey('drop', 2, `e${i}`), Buffer.from('new')] as const));
       expect(await tier.dropVersion('drop', 1)).toBe(1500);
       expect(await keysPerMaster('fs:drop:1:*')).toEqual([0, 0, 0]);
       expect((await keysPerMaster('fs:drop:2:*')).reduce((a, b) => a + b, 0)).toBe(300);

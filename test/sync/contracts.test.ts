@@ -10,6 +10,7 @@ import { silentLogger } from '../../src/observability/log.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { toServedVersion } from '../../src/stores/catalog.js';
 import { hotKey } from '../../src/stores/hot-tier.js';
+import { decodeHotValue } from '../../src/stores/hot-value.js';
 import { getRun, META_SCHEMA, readPublishedVersions, rollbackView } from '../../src/stores/metadata.js';
 import { FeatureReader } from '../../src/stores/reader.js';
 import { jobLockKey, runSync, type RunOptions, type RunSummary } from '../../src/sync/engine.js';
@@ -204,7 +205,7 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       const version = (await currentServedVersion('c_inc'))!;
       const fromPg = await new FeatureReader(server.db, null, { fillTtlSeconds: 60 }).read(version, ids);
       const fromRedis = await server.hot.get(ids.map((id) => hotKey('c_inc', version.version, id)));
-      expect(fromRedis.map((v) => (v ? JSON.parse(v) : null))).toEqual(fromPg.rows.map((r) => (r ? [r.eventTime, ...r.values] : null)));
+      expect(fromRedis.map((v) => (v ? decodeHotValue(v) : null))).toEqual(fromPg.rows);
       return { version: version.version, scores: fromPg.rows.map((r) => (r ? r.values[0] : null)) };
     };
 
