@@ -16,6 +16,8 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import { freePort, startPostgres, startRedis } from '../test/support/servers.js';
 import { tempDir } from '../test/support/fixtures.js';
+import { benchRedisCluster } from './cluster.js';
+import { measureScale } from './scale.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const BIG_ROWS = Number(process.env.BENCH_BIG_ROWS ?? 5_000_000);
@@ -328,6 +330,18 @@ async function main(): Promise<void> {
     await stop(oursPg);
     report('Lookup, Postgres only: requests/s', oursPgResult.rps.toFixed(0), `${barePgResult.rps.toFixed(0)} (bare Hono + one prepared pg select)`, oursPgResult.rps / barePgResult.rps, '≥ 0.9×', oursPgResult.rps / barePgResult.rps >= 0.9);
 
+    // Every core: WEB_CONCURRENCY=2 against one process, and the same for a bare Hono route (the honest ceiling on 2 cores).
+    log('WEB_CONCURRENCY=1 vs 2, ours and a bare route');
+    const scale = await measureScale({ env, rows: ROWS, seconds: SECONDS, rounds: ROUNDS, workDir: dir });
+    report(
+      'Lookups/s gain from WEB_CONCURRENCY=2 over 1',
+      `${scale.oursSpeedup.toFixed(2)}× (${scale.ours.one.toFixed(0)} → ${scale.ours.two.toFixed(0)})`,
+      `${scale.bareSpeedup.toFixed(2)}× (bare Hono, 1 → 2 cluster workers: ${scale.bare.one.toFixed(0)} → ${scale.bare.two.toFixed(0)})`,
+      scale.speedupRatio,
+      '≥ 0.9× of the bare gain',
+      scale.met,
+    );
+
     // Memory at 5M rows.
     log(`writing ${BIG_ROWS} rows for the memory check`);
     const big = path.join(dir, 'big.parquet');
@@ -337,6 +351,12 @@ async function main(): Promise<void> {
     const bigRun = await measured(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_big'], env);
     report(`Sync peak RSS at ${BIG_ROWS / 1e6}M rows (MB)`, bigRun.peakRssMb.toFixed(0), `${rss1m.toFixed(0)} (at 1M)`, bigRun.peakRssMb / rss1m, '≤ 300 MB and within 10% of 1M', bigRun.peakRssMb <= 300 && Math.abs(bigRun.peakRssMb / rss1m - 1) <= 0.1);
     report(`  for reference: sync ${BIG_ROWS / 1e6}M × 20 (s)`, bigRun.seconds.toFixed(1), '-', null, 'info', null);
+
+    // Redis Cluster (3 masters + 3 replicas) against one Redis node, same data and code, rounds alternating.
+    log('Redis Cluster against one Redis node');
+    const clusterBench = await benchRedisCluster({ rows: Math.min(ROWS, 200_000), seconds: SECONDS, rounds: ROUNDS, log });
+    report('Lookups/s through a Redis Cluster', clusterBench.single.cluster.rps.toFixed(0), `${clusterBench.single.node.rps.toFixed(0)} (one Redis node)`, clusterBench.single.ratio, '≥ 0.9×', clusterBench.single.ratio >= 0.9);
+    report(`  for reference: batches of ${clusterBench.batch.size} through the cluster (req/s)`, clusterBench.batch.cluster.rps.toFixed(0), `${clusterBench.batch.node.rps.toFixed(0)} (one Redis node)`, clusterBench.batch.ratio, 'info', null);
 
     const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
     const table = [
