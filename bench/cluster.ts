@@ -107,7 +107,7 @@ async function writeParquet(file: string, rows: number): Promise<void> {
 }
 
 async function startApi(env: NodeJS.ProcessEnv, port: number): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [path.join(root, 'dist/server.js')], { env: { ...env, PORT: String(port), HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false' }, stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(process.execPath, [path.join(root, 'dist/server.js')], { env: { ...env, PORT: String(port), HOST: '127.0.0.1', SCHEDULER_ENABLED: 'false', WEB_CONCURRENCY: '1' }, stdio: ['ignore', 'ignore', 'inherit'] });
   for (let i = 0; i < 600; i++) {
     const ready = await fetch(`http://127.0.0.1:${port}/readyz`).then((r) => r.status === 200, () => false);
     if (ready) return child;
