@@ -124,9 +124,16 @@ describe('three API processes on a Redis Cluster and a Postgres primary with a r
   it('answers batches (keys on every master) exactly as the single-node setup does, from every process', async () => {
     const expected = await getBatch(`http://127.0.0.1:${single.server.port}`, ids.slice(0, 100));
     for (const { base } of apis) {
-      const got = await getBatch(base, ids.slice(0, 100));
-      expect(got.tier).toBe('redis');
-      expect(got.results).toEqual(expected.results);
+      // Whichever tier answers, the values are the same; a cluster read that times out on a loaded machine falls
+      // back to Postgres, so the answer from the cluster itself is awaited, then compared too.
+      expect((await getBatch(base, ids.slice(0, 100))).results).toEqual(expected.results);
+      let fromCluster = await getBatch(base, ids.slice(0, 100));
+      for (let attempt = 0; fromCluster.tier !== 'redis' && attempt < 50; attempt++) {
+        await new Promise((r) => setTimeout(r, 200));
+        fromCluster = await getBatch(base, ids.slice(0, 100));
+      }
+      expect(fromCluster.tier).toBe('redis');
+      expect(fromCluster.results).toEqual(expected.results);
     }
   });
 
