@@ -17,6 +17,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { tempDir } from '../test/support/fixtures.js';
+import { median } from './stats.js';
 import { freePort, startPostgres, startRedis, startRedisCluster } from '../test/support/servers.js';
 
 export interface ClusterLoadResult {
@@ -55,11 +56,6 @@ export interface ClusterBenchResult {
 const root = path.resolve(import.meta.dirname, '..');
 const tsx = ['--import', 'tsx'];
 
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 const medianOf = (results: ClusterLoadResult[]): ClusterLoadResult => ({
   rps: median(results.map((r) => r.rps)),
   p50: median(results.map((r) => r.p50)),

@@ -18,6 +18,7 @@ import { freePort, startPostgres, startRedis } from '../test/support/servers.js'
 import { tempDir } from '../test/support/fixtures.js';
 import { benchRedisCluster } from './cluster.js';
 import { measureScale } from './scale.js';
+import { median } from './stats.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const BIG_ROWS = Number(process.env.BENCH_BIG_ROWS ?? 5_000_000);
@@ -27,11 +28,6 @@ const CONNECTIONS = 32;
 const root = path.resolve(import.meta.dirname, '..');
 const tsx = ['--import', 'tsx'];
 
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 const log = (message: string) => process.stderr.write(`[bench] ${message}\n`);
 const seconds = async (fn: () => Promise<unknown> | unknown) => {
   const start = performance.now();

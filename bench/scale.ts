@@ -18,17 +18,13 @@ import { once } from 'node:events';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { median } from './stats.js';
 
 const root = path.resolve(import.meta.dirname, '..');
 const tsx = ['--import', 'tsx'];
 const CONNECTIONS = 32;
 
 const log = (message: string) => process.stderr.write(`[bench:scale] ${message}\n`);
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 
 export interface ScaleOptions {
   /** Environment of our server: DATABASE_URL, REDIS_URL, SYNC_JOBS_DIR (a synced view "bench"). */

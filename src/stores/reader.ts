@@ -128,11 +128,6 @@ export class FeatureReader implements FeatureSource {
     return { rows, tier: 'postgres', hotError, timings };
   }
 
-  /** The replicas reads are routed to, if any (for /readyz). */
-  get replicas(): ReplicaSet | undefined {
-    return this.options.replicas;
-  }
-
   private async readPostgres(version: ServedVersion, ids: readonly string[]): Promise<Map<string, FeatureRow>> {
     // Pinned to the version readers are switched to: a replica that has not replayed its switch is skipped.
     const fromReplica = await this.options.replicas?.query<unknown[]>(version.view, version.generation, version.select.text, [ids], { name: version.select.name, rowMode: 'array' });

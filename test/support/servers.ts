@@ -123,38 +123,17 @@ export async function startPostgres(settings: PostgresOptions = {}): Promise<Pos
       }
     });
   };
-  const postmasterPid = () => Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-  const stop = async () => {
-    pgExec('pg_ctl', ['-w', '-t', '60', '-D', dataDir, '-m', 'fast', 'stop']);
-  };
   await start();
-  const server: PostgresServer = {
-    url,
-    port,
-    dataDir,
-    start,
-    stop,
-    freeze: () => signalTree(postmasterPid(), 'SIGSTOP'),
-    thaw: () => signalTree(postmasterPid(), 'SIGCONT'),
-    async destroy() {
-      if (existsSync(path.join(dataDir, 'postmaster.pid'))) {
-        server.thaw();
-        await stop().catch(() => undefined);
-      }
-      await rm(dir, { recursive: true, force: true });
-    },
-    async createDatabase(name) {
-      const client = new pg.Client({ connectionString: url });
-      await client.connect();
-      try {
-        await client.query(`CREATE DATABASE "${name.replaceAll('"', '""')}"`);
-      } finally {
-        await client.end();
-      }
-      return `postgres://postgres@127.0.0.1:${port}/${encodeURIComponent(name)}`;
-    },
-  };
-  return server;
+  return postgresHandle({ dir, dataDir, url, port, start }, async (name) => {
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      await client.query(`CREATE DATABASE "${name.replaceAll('"', '""')}"`);
+    } finally {
+      await client.end();
+    }
+    return `postgres://postgres@127.0.0.1:${port}/${encodeURIComponent(name)}`;
+  });
 }
 
 export interface RedisServer {
@@ -263,16 +242,25 @@ export async function startPostgresReplica(primary: PostgresServer): Promise<Pos
       }
     });
   };
+  await start();
+  return postgresHandle({ dir, dataDir, url, port, start }, () => Promise.reject(new Error('a replica is read-only: create databases on its primary')));
+}
+
+/** The controls of a started Postgres server (primary or replica) in `dataDir`, run as the postgres user when we are root. */
+function postgresHandle(
+  where: { dir: string; dataDir: string; url: string; port: number; start: () => Promise<void> },
+  createDatabase: (name: string) => Promise<string>,
+): PostgresServer {
+  const { dir, dataDir } = where;
+  const postmasterPid = () => Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
   const stop = async () => {
     pgExec('pg_ctl', ['-w', '-t', '60', '-D', dataDir, '-m', 'fast', 'stop']);
   };
-  const postmasterPid = () => Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-  await start();
   const server: PostgresServer = {
-    url,
-    port,
+    url: where.url,
+    port: where.port,
     dataDir,
-    start,
+    start: where.start,
     stop,
     freeze: () => signalTree(postmasterPid(), 'SIGSTOP'),
     thaw: () => signalTree(postmasterPid(), 'SIGCONT'),
@@ -283,9 +271,7 @@ export async function startPostgresReplica(primary: PostgresServer): Promise<Pos
       }
       await rm(dir, { recursive: true, force: true });
     },
-    createDatabase() {
-      return Promise.reject(new Error('a replica is read-only: create databases on its primary'));
-    },
+    createDatabase,
   };
   return server;
 }
