@@ -77,7 +77,14 @@ export async function startServer(config: Config, log: Logger = createLogger(con
     log.warn('server.auth_open', { message: 'AUTH_MODE=open: feature and sync routes answer without an API key' });
   }
 
-  const catalog = new Catalog(db, jobs);
+  const catalog = new Catalog(db, jobs, (view, served, found) =>
+    log.warn('catalog.behind', {
+      view,
+      served_generation: served,
+      found_generation: found,
+      message: 'Postgres shows an older switch of this view than this process serves (was the database restored?); it keeps serving what it served: restart the API processes to follow the database',
+    }),
+  );
   await catalog.refresh();
   catalog.start(config.catalogRefreshMs);
   // Every process learns of a switch by any other (publish, rollback) from the primary's NOTIFY at its commit;

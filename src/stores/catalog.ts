@@ -51,9 +51,18 @@ export class Catalog {
   private refreshing: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
 
+  /** Views already reported as showing an older switch than the one served (reported once each). */
+  private readonly reportedBehind = new Set<string>();
+
   constructor(
     private readonly db: Queryable,
     jobs: readonly JobDefinition[],
+    /**
+     * Called when the primary shows a view at an older switch than this process serves. Refreshes are serialized,
+     * so this is not a race: the database went back (restored from a backup?). The process keeps serving what it
+     * served, and says so.
+     */
+    private readonly onBehind?: (view: string, servedGeneration: number, foundGeneration: number) => void,
   ) {
     for (const job of jobs) {
       this.views.set(job.view, { job, current: null });
@@ -114,7 +123,14 @@ export class Catalog {
         // Only a later switch replaces what is served (an older generation is a
         // read that raced a newer one); the same version keeps its resolved
         // object and prepared statement name.
-        if (view.current && version.generation <= view.current.generation) continue;
+        if (view.current && version.generation <= view.current.generation) {
+          const key = `${version.view}:${version.generation}`;
+          if (version.generation < view.current.generation && !this.reportedBehind.has(key)) {
+            this.reportedBehind.add(key);
+            this.onBehind?.(version.view, view.current.generation, version.generation);
+          }
+          continue;
+        }
         const current = view.current?.version === version.version ? { ...view.current, generation: version.generation } : toServedVersion(version);
         this.views.set(version.view, { job: view.job, current });
       }
