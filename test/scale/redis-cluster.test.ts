@@ -104,6 +104,17 @@ describe('Redis Cluster', () => {
       expect(await tier.get([hotKey('spread', 1, 'nope')])).toEqual([null]);
     });
 
+    it('reads a batch after the masters forgot the read script (a restart, SCRIPT FLUSH), and fails loudly on a key it cannot read', async () => {
+      const keys = Array.from({ length: 60 }, (_, i) => hotKey('script', 1, `e${i}`));
+      await tier.set(keys.map((k, i) => [k, Buffer.from(`v${i}`)] as const));
+      await Promise.all(tier.client.nodes('master').map((node) => node.script('FLUSH')));
+      expect(await tier.get(keys)).toEqual(keys.map((_, i) => Buffer.from(`v${i}`)));
+      // Not a value this tier wrote (another client's hash under the key): an error, never a silent null.
+      await tier.client.del(keys[5]!);
+      await tier.client.hset(keys[5]!, 'f', 'x');
+      await expect(tier.get(keys)).rejects.toThrow(/WRONGTYPE/);
+    });
+
     it('computes key slots as the cluster does (hash tags, UTF-8)', async () => {
       const keys = ['', 'a', 'fs:view:1:e0000001', hotKey('v', 12, 'ü-entity-ß'), 'user:{1000}:name', '{user1000}.following', 'foo{}{bar}', 'foo{{bar}}zap', 'foo{bar}{zap}', '{', 'x}{y', '日本語{タグ}', ...Array.from({ length: 200 }, (_, i) => `fs:spread:${i % 7}:k${i * 7919}`)];
       for (const key of keys) expect([key, keySlot(key)]).toEqual([key, await tier.client.cluster('KEYSLOT', key)]);
