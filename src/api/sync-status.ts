@@ -23,6 +23,7 @@ function runBody(run: RunRecord) {
     job: run.job,
     status: run.status,
     trigger: run.trigger,
+    scheduled_for: run.scheduledFor?.toISOString() ?? null,
     version: run.version,
     started_at: run.startedAt.toISOString(),
     finished_at: run.finishedAt?.toISOString() ?? null,

@@ -319,6 +319,11 @@ export interface components {
             status: "running" | "succeeded" | "failed" | "abandoned" | "skipped";
             /** @enum {string} */
             trigger: "schedule" | "startup" | "manual" | "rollback";
+            /**
+             * Format: date-time
+             * @description The schedule tick a scheduled run was for; null for other triggers. Each tick runs once however many processes schedule it; the others' attempts at the same tick are recorded as skipped, with the same tick.
+             */
+            scheduled_for: string | null;
             version: number | null;
             /** Format: date-time */
             started_at: string;

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseJobDefinition } from '../../src/jobs/definition.js';
 import { silentLogger } from '../../src/observability/log.js';
 import { startServer, type RunningServer } from '../../src/server.js';
-import { listRuns, type RunRecord } from '../../src/stores/metadata.js';
+import { ensureSchema, listRuns, type RunRecord } from '../../src/stores/metadata.js';
 import { PostgresDatabase } from '../../src/stores/postgres.js';
 import { RedisHotTier } from '../../src/stores/redis.js';
 import { runSync } from '../../src/sync/engine.js';
@@ -30,6 +30,8 @@ describe('schedulers in three processes', () => {
     redis = await startRedis();
     database = await freshDatabase(inject('databaseUrl'), 'sched3');
     db = new PostgresDatabase({ url: database.url });
+    // Each test can run alone (-t): the schema does not wait for a server to make it.
+    await ensureSchema(db);
     dir = await tempDir('sched3');
     source = await writeParquet(path.join(dir, 's.parquet'), `SELECT 'k' || i AS id, TIMESTAMP '2026-01-01' AS t, i AS n FROM range(1, 101) t(i)`);
     await writeJobs(dir, [{ view: 'every10', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } }, schedule: '*/10 * * * * *', max_row_drop: 1 } as never]);
@@ -100,6 +102,21 @@ describe('schedulers in three processes', () => {
       expect((await runSync(job, ctx, 'manual')).status).toBe('succeeded');
       const [manual] = await listRuns(db, 'every10', 1);
       expect(manual).toMatchObject({ trigger: 'manual', status: 'succeeded', scheduledFor: null });
+      // The runs API shows each run's tick, so an operator sees which attempt was skipped for which tick.
+      const api = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir }));
+      try {
+        const response = await fetch(`http://127.0.0.1:${api.port}/sync/v1/jobs/every10/runs?limit=4`);
+        expect(response.status).toBe(200);
+        const { runs } = (await response.json()) as { runs: { trigger: string; status: string; scheduled_for: string | null }[] };
+        expect(runs.map((r) => [r.trigger, r.status, r.scheduled_for])).toEqual([
+          ['manual', 'succeeded', null],
+          ['schedule', 'succeeded', '2030-01-01T00:00:20.000Z'],
+          ['schedule', 'skipped', scheduledFor],
+          ['schedule', 'succeeded', scheduledFor],
+        ]);
+      } finally {
+        await api.close();
+      }
     } finally {
       await hot.close();
     }
