@@ -4,16 +4,19 @@
 // schedulers off. The primary serves nothing: it keeps the one scheduler and
 // sync runner of the machine (each run still in its own child process), so
 // syncs happen in one place, off the serving processes, and it tells the
-// workers at once when a run published a version. It also answers /metrics
-// for every worker: a worker asks it, it gathers every process's registry
-// (its own sync metrics included) and aggregates them with prom-client.
+// workers at once when a run published a version. It also answers for the
+// whole machine what a worker alone would answer for itself: /metrics (every
+// process's registry, its own sync metrics included, aggregated with
+// prom-client), and /slo/v1 and the dashboard (every worker's SLO counts and
+// lookup latency buckets, summed). A worker asks it, it asks every worker.
 import cluster, { type Worker } from 'node:cluster';
 import client, { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { Hono } from 'hono';
 import { ConfigError, type Config } from './config/index.js';
 import { loadJobDefinitions } from './jobs/definition.js';
 import type { Logger } from './observability/log.js';
-import { Metrics } from './observability/metrics.js';
+import { lookupLatencyBuckets, Metrics, sumBuckets, type LatencyBuckets } from './observability/metrics.js';
+import { combineSlo, type SloSnapshot, type SloTracker } from './observability/slo.js';
 import type { Catalog } from './stores/catalog.js';
 import { ensureSchema } from './stores/metadata.js';
 import { PostgresDatabase } from './stores/postgres.js';
@@ -21,7 +24,7 @@ import { createHotTier } from './stores/create-hot-tier.js';
 import { SyncRunner } from './sync/runner.js';
 import { Scheduler } from './sync/scheduler.js';
 
-/** A worker that has not reported its metrics by then fails the scrape, loudly, rather than leave a hole in the sums. */
+/** A worker that has not reported by then fails the scrape (or /slo/v1), loudly, rather than leave a hole in the sums. */
 const GATHER_TIMEOUT_MS = 5_000;
 /** A worker that dies after it was serving is replaced after this pause (so a crash loop does not spin). */
 const RESPAWN_DELAY_MS = 1_000;
@@ -29,8 +32,10 @@ const RESPAWN_DELAY_MS = 1_000;
 type Fetch = Hono['fetch'];
 type Json = MetricObjectWithValues<MetricValue<string>>[];
 
-type ToPrimary = { t: 'fs:ready' } | { t: 'fs:metrics?'; id: number } | { t: 'fs:gathered'; id: number; metrics: Json } | { t: 'fs:gather-failed'; id: number; error: string };
-type ToWorker = { t: 'fs:gather'; id: number } | { t: 'fs:metrics'; id: number; text?: string; error?: string } | { t: 'fs:published'; view: string };
+/** What a worker can ask for the whole machine: its metrics text, its SLO counts, its lookup latency buckets. */
+type What = 'metrics' | 'slo' | 'latency';
+type ToPrimary = { t: 'fs:ready' } | { t: 'fs:machine?'; id: number; what: What } | { t: 'fs:gathered'; id: number; data: unknown } | { t: 'fs:gather-failed'; id: number; error: string };
+type ToWorker = { t: 'fs:gather'; id: number; what: What } | { t: 'fs:machine'; id: number; data?: unknown; error?: string } | { t: 'fs:published'; view: string };
 
 const isMessage = (message: unknown): message is { t: string } => typeof message === 'object' && message !== null && typeof (message as { t?: unknown }).t === 'string' && (message as { t: string }).t.startsWith('fs:');
 
@@ -82,28 +87,33 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   let stopping = false;
   let started = false;
   let seq = 0;
-  const pending = new Map<string, { resolve: (json: Json) => void; reject: (error: Error) => void }>();
+  const pending = new Map<string, { resolve: (data: unknown) => void; reject: (error: Error) => void }>();
 
-  const gather = async (): Promise<string> => {
+  /** Every ready worker's answer to `what`, combined: the machine's metrics text, SLO counts or latency buckets. */
+  const gather = async (what: What): Promise<unknown> => {
     const id = ++seq;
     const live = [...workers].filter(([worker, state]) => state.ready && worker.isConnected()).map(([worker]) => worker);
-    const fromWorkers = live.map(
-      (worker) =>
-        new Promise<Json>((resolve, reject) => {
-          const key = `${worker.id}:${id}`;
-          const timer = setTimeout(() => {
-            pending.delete(key);
-            reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) did not report its metrics within ${GATHER_TIMEOUT_MS} ms`));
-          }, GATHER_TIMEOUT_MS);
-          pending.set(key, {
-            resolve: (json) => (clearTimeout(timer), resolve(json)),
-            reject: (error) => (clearTimeout(timer), reject(error)),
-          });
-          worker.send({ t: 'fs:gather', id } satisfies ToWorker);
-        }),
+    const fromWorkers = await Promise.all(
+      live.map(
+        (worker) =>
+          new Promise<unknown>((resolve, reject) => {
+            const key = `${worker.id}:${id}`;
+            const timer = setTimeout(() => {
+              pending.delete(key);
+              reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) did not report its ${what} within ${GATHER_TIMEOUT_MS} ms`));
+            }, GATHER_TIMEOUT_MS);
+            pending.set(key, {
+              resolve: (data) => (clearTimeout(timer), resolve(data)),
+              reject: (error) => (clearTimeout(timer), reject(error)),
+            });
+            worker.send({ t: 'fs:gather', id, what } satisfies ToWorker);
+          }),
+      ),
     );
-    const all = await Promise.all([metrics.registry.getMetricsAsJSON() as Promise<Json>, ...fromWorkers]);
-    return AggregatorRegistry.aggregate(all).metrics();
+    // The primary serves no lookups: only its metrics (syncs) count.
+    if (what === 'slo') return combineSlo(fromWorkers as SloSnapshot[]);
+    if (what === 'latency') return sumBuckets(fromWorkers as LatencyBuckets[]);
+    return AggregatorRegistry.aggregate([(await metrics.registry.getMetricsAsJSON()) as Json, ...(fromWorkers as Json[])]).metrics();
   };
 
   let startFailed: (error: WorkerStartError) => void = () => undefined;
@@ -124,12 +134,12 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     } else if (m.t === 'fs:gathered' || m.t === 'fs:gather-failed') {
       const waiter = pending.get(`${worker.id}:${m.id}`);
       pending.delete(`${worker.id}:${m.id}`);
-      if (m.t === 'fs:gathered') waiter?.resolve(m.metrics);
-      else waiter?.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) could not read its metrics: ${m.error}`));
-    } else if (m.t === 'fs:metrics?') {
-      void gather().then(
-        (text) => worker.isConnected() && worker.send({ t: 'fs:metrics', id: m.id, text } satisfies ToWorker),
-        (error: Error) => worker.isConnected() && worker.send({ t: 'fs:metrics', id: m.id, error: error.message } satisfies ToWorker),
+      if (m.t === 'fs:gathered') waiter?.resolve(m.data);
+      else waiter?.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) could not report: ${m.error}`));
+    } else if (m.t === 'fs:machine?') {
+      void gather(m.what).then(
+        (data) => worker.isConnected() && worker.send({ t: 'fs:machine', id: m.id, data } satisfies ToWorker),
+        (error: Error) => worker.isConnected() && worker.send({ t: 'fs:machine', id: m.id, error: error.message } satisfies ToWorker),
       );
     }
   };
@@ -140,7 +150,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   const onExit = (worker: Worker, code: number | null, signal: string | null) => {
     const state = workers.get(worker);
     workers.delete(worker);
-    for (const [key, waiter] of pending) if (key.startsWith(`${worker.id}:`) && pending.delete(key)) waiter.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) exited while its metrics were gathered`));
+    for (const [key, waiter] of pending) if (key.startsWith(`${worker.id}:`) && pending.delete(key)) waiter.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) exited while its figures were gathered`));
     if (stopping) return;
     if (!state?.ready && !started) {
       startFailed(new WorkerStartError(`a serving worker exited (${signal ?? `code ${code}`}) before it listened; see its error above`, code || 1));
@@ -205,13 +215,13 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
 
 export interface ClusterWorkerHooks {
   /** Wires a worker's server into the cluster; returns the fetch handler to serve. */
-  attach(parts: { metrics: Metrics; catalog: Catalog }, fetch: Fetch): Fetch;
+  attach(parts: { metrics: Metrics; slo: SloTracker; catalog: Catalog }, fetch: Fetch): Fetch;
 }
 
-/** In a cluster worker: /metrics shows every process, and a version the primary published is served at once. */
+/** In a cluster worker: /metrics, /slo/v1 and the dashboard show every process, and a version the primary published is served at once. */
 export function clusterWorker(log: Logger): ClusterWorkerHooks {
   return {
-    attach({ metrics, catalog }, fetch) {
+    attach({ metrics, slo, catalog }, fetch) {
       const name = `worker-${cluster.worker?.id ?? 0}`;
       // Kept per process (a label per worker), so the spread of load over the workers shows.
       const requests = new client.Counter({
@@ -221,37 +231,45 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
         registers: [metrics.registry],
       });
       requests.inc({ process: name }, 0);
+      const own: Record<What, () => Promise<unknown>> = {
+        metrics: () => metrics.registry.getMetricsAsJSON(),
+        slo: async () => slo.snapshot(),
+        latency: () => lookupLatencyBuckets(metrics),
+      };
       let seq = 0;
-      const waiting = new Map<number, { resolve: (text: string) => void; reject: (error: Error) => void }>();
+      const waiting = new Map<number, { resolve: (data: unknown) => void; reject: (error: Error) => void }>();
       process.on('message', (message: unknown) => {
         if (!isMessage(message)) return;
         const m = message as ToWorker;
         if (m.t === 'fs:gather') {
-          metrics.registry.getMetricsAsJSON().then(
-            (json) => toPrimary({ t: 'fs:gathered', id: m.id, metrics: json as Json }),
+          own[m.what]().then(
+            (data) => toPrimary({ t: 'fs:gathered', id: m.id, data }),
             (error: Error) => toPrimary({ t: 'fs:gather-failed', id: m.id, error: error.message }),
           );
-        } else if (m.t === 'fs:metrics') {
+        } else if (m.t === 'fs:machine') {
           const waiter = waiting.get(m.id);
           waiting.delete(m.id);
-          if (m.text !== undefined) waiter?.resolve(m.text);
-          else waiter?.reject(new Error(`the cluster's metrics could not be gathered: ${m.error}`));
+          if (m.error === undefined) waiter?.resolve(m.data);
+          else waiter?.reject(new Error(`the cluster's figures could not be gathered: ${m.error}`));
         } else if (m.t === 'fs:published') {
           catalog.refresh().catch((error: Error) => log.warn('catalog.refresh_failed', { view: m.view, error }));
         }
       });
       // A publish announced before this listener existed is caught by reading the catalog again now.
       catalog.refresh().catch((error: Error) => log.warn('catalog.refresh_failed', { error }));
-      metrics.exposition = () =>
-        new Promise<string>((resolve, reject) => {
+      const machine = <T>(what: What) =>
+        new Promise<T>((resolve, reject) => {
           const id = ++seq;
           const timer = setTimeout(() => {
             waiting.delete(id);
-            reject(new Error(`the primary process did not answer for the cluster's metrics within ${2 * GATHER_TIMEOUT_MS} ms`));
+            reject(new Error(`the primary process did not answer for the cluster's ${what} within ${2 * GATHER_TIMEOUT_MS} ms`));
           }, 2 * GATHER_TIMEOUT_MS);
-          waiting.set(id, { resolve: (text) => (clearTimeout(timer), resolve(text)), reject: (error) => (clearTimeout(timer), reject(error)) });
-          toPrimary({ t: 'fs:metrics?', id });
+          waiting.set(id, { resolve: (data) => (clearTimeout(timer), resolve(data as T)), reject: (error) => (clearTimeout(timer), reject(error)) });
+          toPrimary({ t: 'fs:machine?', id, what });
         });
+      metrics.exposition = () => machine<string>('metrics');
+      metrics.gatherLookupLatency = () => machine<LatencyBuckets>('latency');
+      slo.gather = () => machine<SloSnapshot>('slo');
       return (request, env, ctx) => {
         requests.inc({ process: name });
         return fetch(request, env, ctx);

@@ -46,7 +46,7 @@ export interface RunningServer {
 export interface ServerOverrides {
   /** Export spans here (tests), whatever the configuration says. */
   readonly spanExporter?: SpanExporter;
-  /** Set in a cluster worker: /metrics gathers every process, the primary's publishes refresh the catalog. */
+  /** Set in a cluster worker: /metrics, /slo/v1 and the dashboard gather every process, the primary's publishes refresh the catalog. */
   readonly cluster?: ClusterWorkerHooks;
 }
 
@@ -135,7 +135,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const app = createApp({ catalog, reader, replicas, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {
-    const fetch = overrides.cluster ? overrides.cluster.attach({ metrics, catalog }, app.fetch) : app.fetch;
+    const fetch = overrides.cluster ? overrides.cluster.attach({ metrics, slo, catalog }, app.fetch) : app.fetch;
     const s = serve({ fetch, port: config.port, hostname: config.host }, () => resolve(s));
     s.once('error', (error: NodeJS.ErrnoException) => {
       catalog.stop();

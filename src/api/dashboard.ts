@@ -4,8 +4,8 @@
 // /sync/v1/jobs, which the page reads too.
 import { Hono } from 'hono';
 import type { Metrics } from '../observability/metrics.js';
-import { lookupLatencyQuantiles } from '../observability/metrics.js';
-import type { SloTracker } from '../observability/slo.js';
+import { latencyQuantiles } from '../observability/metrics.js';
+import { recentOf, type SloTracker } from '../observability/slo.js';
 
 export function dashboardRoutes(deps: { readonly metrics: Metrics; readonly slo: SloTracker }): Hono {
   const app = new Hono();
@@ -19,8 +19,10 @@ export function dashboardRoutes(deps: { readonly metrics: Metrics; readonly slo:
   );
 
   app.get('/dashboard/v1/stats', async (c) => {
-    const [p50, p99] = await lookupLatencyQuantiles(deps.metrics, [0.5, 0.99]);
-    const recent = deps.slo.recent(10);
+    // Every serving process of the machine, in a cluster worker.
+    const [buckets, slo] = await Promise.all([deps.metrics.gatherLookupLatency(), deps.slo.gather()]);
+    const [p50, p99] = latencyQuantiles(buckets, [0.5, 0.99]);
+    const recent = recentOf(slo.recent);
     const { latencyThresholdMs, latencyTarget } = deps.slo.config;
     return c.json(
       {

@@ -1,6 +1,7 @@
 // Owns GET /slo/v1: each objective's compliance, remaining error budget and
-// burn rates as this process has seen them, and each view's freshness
-// against its objective.
+// burn rates as this process has seen them (as every serving process of the
+// machine has, with WEB_CONCURRENCY > 1), and each view's freshness against
+// its objective.
 import { Hono } from 'hono';
 import type { Catalog } from '../stores/catalog.js';
 import type { SloTracker } from '../observability/slo.js';
@@ -9,7 +10,7 @@ import { ApiError } from './problem.js';
 
 export function sloRoutes(deps: { readonly catalog: Catalog; readonly slo: SloTracker }): Hono {
   const app = new Hono();
-  app.get('/', (c) => {
+  app.get('/', async (c) => {
     const unknown = Object.keys(c.req.queries());
     if (unknown.length) throw new ApiError('invalid-request', `unknown query parameter "${unknown[0]}"; /slo/v1 takes none`);
     const now = Date.now();
@@ -26,7 +27,7 @@ export function sloRoutes(deps: { readonly catalog: Catalog; readonly slo: SloTr
         fresh: meta?.fresh ?? false,
       };
     });
-    return c.json({ ...deps.slo.report(), freshness }, 200, { 'Cache-Control': 'no-store' });
+    return c.json({ ...deps.slo.report(await deps.slo.gather()), freshness }, 200, { 'Cache-Control': 'no-store' });
   });
   return app;
 }

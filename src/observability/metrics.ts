@@ -88,6 +88,9 @@ export class Metrics {
    */
   exposition: () => Promise<string> = () => this.registry.metrics();
 
+  /** Lookup latency buckets of this process, or in a cluster worker of every serving process of the machine (set by src/cluster.ts): for the dashboard. */
+  gatherLookupLatency: () => Promise<LatencyBuckets> = () => lookupLatencyBuckets(this);
+
   constructor(source?: ViewGaugeSource, latencyObjectiveSeconds = 0.01) {
     this.requestDuration = new client.Histogram({
       name: 'http_server_request_duration_seconds',
@@ -122,19 +125,35 @@ export class Metrics {
 }
 
 /**
- * Latency quantiles of the lookup routes since start, estimated from the
- * histogram the way Prometheus' histogram_quantile does (linear within a bucket).
+ * Cumulative counts of lookups (routes under /features/v1/) per histogram
+ * bound, keyed by the bound as Prometheus writes it ('0.005', '+Inf'): plain
+ * data that adds up over processes (sumBuckets).
  */
-export async function lookupLatencyQuantiles(metrics: Metrics, quantiles: readonly number[]): Promise<(number | null)[]> {
+export async function lookupLatencyBuckets(metrics: Metrics): Promise<LatencyBuckets> {
   const { values } = await metrics.requestDuration.get();
-  const buckets = new Map<number, number>();
+  const buckets: Record<string, number> = {};
   for (const v of values) {
     if (!v.metricName?.endsWith('_bucket') || !String(v.labels.http_route ?? '').startsWith('/features/v1/')) continue;
-    const bound = (v.labels as Record<string, string | number | undefined>).le;
-    const le = bound === '+Inf' ? Number.POSITIVE_INFINITY : Number(bound);
-    buckets.set(le, (buckets.get(le) ?? 0) + v.value);
+    const le = String((v.labels as Record<string, string | number | undefined>).le);
+    buckets[le] = (buckets[le] ?? 0) + v.value;
   }
-  const sorted = [...buckets.entries()].sort((a, b) => a[0] - b[0]);
+  return buckets;
+}
+
+export type LatencyBuckets = Record<string, number>;
+
+/** Several processes' lookup buckets as one. */
+export function sumBuckets(all: readonly LatencyBuckets[]): LatencyBuckets {
+  const sum: Record<string, number> = {};
+  for (const buckets of all) for (const [le, count] of Object.entries(buckets)) sum[le] = (sum[le] ?? 0) + count;
+  return sum;
+}
+
+/** Quantiles of lookup latency in seconds, interpolated within buckets as Prometheus' histogram_quantile does; null before any lookup. */
+export function latencyQuantiles(buckets: LatencyBuckets, quantiles: readonly number[]): (number | null)[] {
+  const sorted = Object.entries(buckets)
+    .map(([le, count]) => [le === '+Inf' ? Number.POSITIVE_INFINITY : Number(le), count] as const)
+    .sort((a, b) => a[0] - b[0]);
   const total = sorted.at(-1)?.[1] ?? 0;
   return quantiles.map((q) => {
     if (total === 0) return null;

@@ -1,8 +1,10 @@
 // Owns SLO accounting for what this process has seen: lookups counted per
 // minute in a ring that spans the longest window, so compliance, error budget
 // and burn rates over any window are sums of a few buckets, not a scan of
-// requests. Prometheus (observability/prometheus/rules.yml) does the same over
-// all processes; this is the view from one.
+// requests. A snapshot of those sums is small and adds up over processes, so
+// the serving workers of one machine report as one (src/cluster.ts).
+// Prometheus (observability/prometheus/rules.yml) does the same over every
+// process of every machine.
 
 export interface SloConfig {
   /** A lookup slower than this is a latency failure. */
@@ -38,6 +40,33 @@ export interface ObjectiveReport {
   readonly met: boolean;
   /** How fast the budget burns in each window (1 = exactly the sustainable rate). */
   readonly burn_rates: Record<string, number | null>;
+}
+
+/** Seconds over which the dashboard's live rate is taken. */
+export const RECENT_SECONDS = 10;
+
+interface Counts {
+  total: number;
+  slow: number;
+  failed: number;
+}
+interface RecentCounts {
+  readonly seconds: number;
+  readonly total: number;
+  readonly failed: number;
+}
+
+/** Plain data (it crosses process boundaries): lookups counted over the period (`period`) and each burn-rate window, and over the last seconds. */
+export interface SloSnapshot {
+  /** When tracking began (ms since the epoch). */
+  readonly since: number;
+  readonly windows: Readonly<Record<string, Counts>>;
+  readonly recent: RecentCounts;
+}
+
+export interface SloReport {
+  readonly tracked_since: string;
+  readonly objectives: ObjectiveReport[];
 }
 
 export class SloTracker {
@@ -89,7 +118,29 @@ export class SloTracker {
   }
 
   /** Lookups per second and the share that failed, over the last `seconds` (at most 60), this one included. */
-  recent(seconds = 10): { rate: number; errorRate: number } {
+  recent(seconds = RECENT_SECONDS): { rate: number; errorRate: number } {
+    return recentOf(this.recentCounts(seconds));
+  }
+
+  /**
+   * The sums every report needs, over the compliance period, each burn-rate
+   * window and the last RECENT_SECONDS seconds: small, and additive over
+   * processes (see combineSlo), so a cluster of workers reports as one.
+   */
+  snapshot(): SloSnapshot {
+    const windows: Record<string, Counts> = { period: this.sum(this.minutes) };
+    for (const { name, minutes } of BURN_WINDOWS) windows[name] = this.sum(minutes);
+    return { since: this.since, windows, recent: this.recentCounts(RECENT_SECONDS) };
+  }
+
+  /**
+   * What this process saw, or in a cluster worker every serving process of
+   * the machine (src/cluster.ts replaces it): what /slo/v1 and the dashboard
+   * show.
+   */
+  gather: () => Promise<SloSnapshot> = async () => this.snapshot();
+
+  private recentCounts(seconds: number): RecentCounts {
     const span = Math.min(60, Math.max(1, seconds));
     const current = Math.floor(this.now() / 1000);
     let total = 0;
@@ -100,10 +151,10 @@ export class SloTracker {
       total += this.secondTotal[slot]!;
       failed += this.secondFailed[slot]!;
     }
-    return { rate: total / span, errorRate: total === 0 ? 0 : failed / total };
+    return { seconds: span, total, failed };
   }
 
-  private sum(minutes: number): { total: number; slow: number; failed: number } {
+  private sum(minutes: number): Counts {
     const current = Math.floor(this.now() / MINUTE_MS);
     const span = Math.min(minutes, this.minutes);
     let total = 0;
@@ -119,36 +170,70 @@ export class SloTracker {
     return { total, slow, failed };
   }
 
-  report(): { tracked_since: string; objectives: ObjectiveReport[] } {
-    const window = this.sum(this.minutes);
-    const objective = (name: 'latency' | 'availability', target: number, bad: (s: ReturnType<SloTracker['sum']>) => number, description: string): ObjectiveReport => {
-      const budget = 1 - target;
-      const badCount = bad(window);
-      const burn = Object.fromEntries(
-        BURN_WINDOWS.map(({ name: w, minutes }) => {
-          const s = this.sum(minutes);
-          return [w, s.total === 0 ? null : bad(s) / s.total / budget];
-        }),
-      );
-      return {
-        name,
-        description,
-        target,
-        window_days: this.config.windowDays,
-        total: window.total,
-        good: window.total - badCount,
-        compliance: window.total === 0 ? null : (window.total - badCount) / window.total,
-        error_budget_remaining: window.total === 0 ? 1 : 1 - badCount / (budget * window.total),
-        met: window.total === 0 || (window.total - badCount) / window.total >= target,
-        burn_rates: burn,
-      };
-    };
-    return {
-      tracked_since: new Date(this.since).toISOString(),
-      objectives: [
-        objective('latency', this.config.latencyTarget, (s) => s.slow, `${this.config.latencyTarget * 100}% of lookups answered within ${this.config.latencyThresholdMs} ms`),
-        objective('availability', this.config.availabilityTarget, (s) => s.failed, `${this.config.availabilityTarget * 100}% of lookups answered without a server error (5xx)`),
-      ],
-    };
+  report(snapshot: SloSnapshot = this.snapshot()): SloReport {
+    return sloReport(this.config, snapshot);
   }
+}
+
+/** Compliance, error budget and burn rates of each objective, from a snapshot of one process or of several combined. */
+export function sloReport(config: SloConfig, snapshot: SloSnapshot): SloReport {
+  const window = snapshot.windows.period!;
+  const objective = (name: 'latency' | 'availability', target: number, bad: (s: Counts) => number, description: string): ObjectiveReport => {
+    const budget = 1 - target;
+    const badCount = bad(window);
+    const burn = Object.fromEntries(
+      BURN_WINDOWS.map(({ name: w }) => {
+        const s = snapshot.windows[w]!;
+        return [w, s.total === 0 ? null : bad(s) / s.total / budget];
+      }),
+    );
+    return {
+      name,
+      description,
+      target,
+      window_days: config.windowDays,
+      total: window.total,
+      good: window.total - badCount,
+      compliance: window.total === 0 ? null : (window.total - badCount) / window.total,
+      error_budget_remaining: window.total === 0 ? 1 : 1 - badCount / (budget * window.total),
+      met: window.total === 0 || (window.total - badCount) / window.total >= target,
+      burn_rates: burn,
+    };
+  };
+  return {
+    tracked_since: new Date(snapshot.since).toISOString(),
+    objectives: [
+      objective('latency', config.latencyTarget, (s) => s.slow, `${config.latencyTarget * 100}% of lookups answered within ${config.latencyThresholdMs} ms`),
+      objective('availability', config.availabilityTarget, (s) => s.failed, `${config.availabilityTarget * 100}% of lookups answered without a server error (5xx)`),
+    ],
+  };
+}
+
+/** Several processes' snapshots as one: counts add up, tracking began with the earliest. */
+export function combineSlo(snapshots: readonly SloSnapshot[]): SloSnapshot {
+  const windows: Record<string, Counts> = {};
+  for (const name of ['period', ...BURN_WINDOWS.map((w) => w.name)]) {
+    windows[name] = { total: 0, slow: 0, failed: 0 };
+    for (const snapshot of snapshots) {
+      const counts = snapshot.windows[name];
+      if (!counts) continue;
+      windows[name].total += counts.total;
+      windows[name].slow += counts.slow;
+      windows[name].failed += counts.failed;
+    }
+  }
+  return {
+    since: snapshots.length ? Math.min(...snapshots.map((s) => s.since)) : Date.now(),
+    windows,
+    recent: {
+      seconds: RECENT_SECONDS,
+      total: snapshots.reduce((sum, s) => sum + s.recent.total, 0),
+      failed: snapshots.reduce((sum, s) => sum + s.recent.failed, 0),
+    },
+  };
+}
+
+/** Lookups per second and the share of them that failed, from a snapshot's last seconds. */
+export function recentOf(recent: RecentCounts): { rate: number; errorRate: number } {
+  return { rate: recent.total / recent.seconds, errorRate: recent.total === 0 ? 0 : recent.failed / recent.total };
 }

@@ -93,13 +93,14 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Service level objectives as this process has seen them
+         * Service level objectives as this process (or machine) has seen them
          * @description For each objective (lookup latency, lookup availability) over its window
          *     (SLO_WINDOW_DAYS): lookups seen, good ones, compliance, the share of the
          *     error budget left, and burn rates over 5m, 1h, 6h and 3d (1 = spending the
          *     budget exactly as fast as the window allows). And each view's freshness
-         *     against its objective. Counts are this process's own since it started;
-         *     Prometheus rules give the same over all processes.
+         *     against its objective. Counts are this process's own since it started, or
+         *     with WEB_CONCURRENCY > 1 every serving process's of the machine, summed;
+         *     Prometheus rules give the same over all machines.
          */
         get: operations["getSlo"];
         put?: never;
@@ -803,7 +804,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Lookup rate and error rate over the last 10 s; p50 and p99 of lookup latency since start. */
+            /** @description Lookup rate and error rate over the last 10 s; p50 and p99 of lookup latency since start. Over every serving process of the machine with WEB_CONCURRENCY > 1. */
             200: {
                 headers: {
                     [name: string]: unknown;

@@ -1,7 +1,8 @@
 // SLO accounting: compliance, error budget and burn rates over windows, from
 // lookups recorded per minute.
 import { describe, expect, it } from 'vitest';
-import { SloTracker } from '../../src/observability/slo.js';
+import { latencyQuantiles, sumBuckets } from '../../src/observability/metrics.js';
+import { combineSlo, SloTracker } from '../../src/observability/slo.js';
 
 const config = { latencyThresholdMs: 10, latencyTarget: 0.99, availabilityTarget: 0.999, windowDays: 28 };
 
@@ -42,5 +43,38 @@ describe('SLO tracker', () => {
     now += 2 * 86_400_000;
     slo.record(1, false);
     expect(slo.report().objectives[0]).toMatchObject({ total: 1, good: 1, compliance: 1 });
+  });
+
+  it('reports several processes combined exactly as one process that saw all their lookups', () => {
+    let now = Date.UTC(2026, 0, 1);
+    const clock = () => now;
+    const one = new SloTracker(config, clock);
+    const a = new SloTracker(config, clock);
+    now += 90 * 60_000; // b started later: the combined report tracks from a's start
+    const b = new SloTracker(config, clock);
+    for (let i = 0; i < 600; i++) {
+      now += 1000;
+      const [duration, failed] = [i % 50 === 0 ? 40 : 3, i % 199 === 0];
+      one.record(duration, failed);
+      (i % 3 === 0 ? a : b).record(duration, failed);
+    }
+    expect(a.report().objectives[0]!.total).toBe(200);
+    const combined = a.report(combineSlo([a.snapshot(), b.snapshot()]));
+    expect(combined.objectives).toEqual(one.report().objectives);
+    expect(combined.tracked_since).toBe(new Date(Date.UTC(2026, 0, 1)).toISOString());
+    // The live rate adds up too: the last 10 s held 10 lookups over both, one of them failed (i = 597).
+    expect(combineSlo([a.snapshot(), b.snapshot()]).recent).toEqual({ seconds: 10, total: 10, failed: 1 });
+    expect(one.snapshot().recent).toEqual({ seconds: 10, total: 10, failed: 1 });
+  });
+
+  it('sums lookup latency buckets over processes and reads quantiles from them', () => {
+    const a = { '0.005': 90, '0.01': 99, '+Inf': 100 };
+    const b = { '0.005': 10, '0.01': 100, '+Inf': 100 };
+    const sum = sumBuckets([a, b]);
+    expect(sum).toEqual({ '0.005': 100, '0.01': 199, '+Inf': 200 });
+    const [p50, p99] = latencyQuantiles(sum, [0.5, 0.99]);
+    expect(p50).toBeCloseTo(0.005);
+    expect(p99).toBeCloseTo(0.005 + (0.005 * (198 - 100)) / 99);
+    expect(latencyQuantiles({}, [0.5])).toEqual([null]);
   });
 });

@@ -1,7 +1,7 @@
 // Every core: WEB_CONCURRENCY=2 runs a real server as a primary and two
 // serving workers on one port. Both workers answer; /metrics on either shows
 // every process (counters summed, one request series per worker, the
-// primary's sync metrics); syncs run once, in the primary; a worker that dies
+// primary's sync metrics), and so do /slo/v1 and the dashboard; syncs run once, in the primary; a worker that dies
 // is replaced; SIGTERM stops them all.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -126,9 +126,11 @@ describe('two serving processes on one port', () => {
   let server: ChildProcess;
   let port: number;
   let lookups = 0;
+  /** Lookups answered 5xx (503 while nothing is published yet): what the SLO counts as failed. */
+  let serverErrors = 0;
   const lookup = (id: string) => {
     lookups++;
-    return get(port, `/features/v1/${id}?view=wc`);
+    return get(port, `/features/v1/${id}?view=wc`).then((r) => ((serverErrors += r.status >= 500 ? 1 : 0), r));
   };
 
   beforeAll(async () => {
@@ -207,6 +209,27 @@ describe('two serving processes on one port', () => {
       // Gauges are not summed over the two workers: each serves version 1 of wc.
       expect(samples(body, 'featurestore_view_version').filter((s) => s.labels === '{view="wc"}')).toEqual([{ labels: '{view="wc"}', value: 1 }]);
     }
+  });
+
+  it('/slo/v1 and the dashboard on any worker count every worker\'s lookups', async () => {
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const slo = JSON.parse((await get(port, '/slo/v1')).body) as { objectives: { name: string; total: number; good: number }[] };
+      // Each lookup once, whichever worker answered it; a worker alone saw about half.
+      expect(slo.objectives.map((o) => [o.name, o.total])).toEqual([
+        ['latency', lookups],
+        ['availability', lookups],
+      ]);
+      const availability = slo.objectives.find((o) => o.name === 'availability')!;
+      expect(availability.good).toBe(lookups - serverErrors);
+      const stats = JSON.parse((await get(port, '/dashboard/v1/stats')).body) as { p50_ms: number | null; p99_ms: number | null; lookups_per_second: number };
+      expect(stats.p99_ms).toBeGreaterThan(0);
+      expect(stats.p50_ms).toBeLessThanOrEqual(stats.p99_ms!);
+    }
+    // The live rate covers both workers too: 20 lookups on fresh connections (so over both), all within its 10 s.
+    const before = Date.now();
+    for (let i = 0; i < 20; i++) expect((await lookup(`k${(i % 10) + 1}`)).status).toBe(200);
+    const stats = JSON.parse((await get(port, '/dashboard/v1/stats')).body) as { lookups_per_second: number };
+    if (Date.now() - before < 8_000) expect(stats.lookups_per_second * 10).toBeGreaterThanOrEqual(20);
   });
 
   it('a worker that dies is replaced, and the port keeps answering', async () => {
