@@ -2,6 +2,7 @@
 // timeout) so that a slow or absent Redis costs a lookup milliseconds, not a
 // hang; the reader then answers from Postgres.
 import { Redis } from 'ioredis';
+import { ReadCoalescer } from './coalesce.js';
 import type { HotTier } from './hot-tier.js';
 import { hotKeyPrefix } from './hot-tier.js';
 
@@ -16,6 +17,8 @@ const SCAN_COUNT = 1000;
 export class RedisHotTier implements HotTier {
   readonly kind = 'redis' as const;
   readonly client: Redis;
+  /** Single-key lookups of one event-loop turn, read together. */
+  private readonly single: ReadCoalescer;
 
   constructor(options: RedisOptions) {
     this.client = new Redis(options.url, {
@@ -29,10 +32,14 @@ export class RedisHotTier implements HotTier {
     });
     // Connection errors surface on each command; the event itself is not fatal.
     this.client.on('error', () => undefined);
+    this.single = new ReadCoalescer(
+      (key) => this.client.getBuffer(key),
+      (keys) => this.client.mgetBuffer(...keys),
+    );
   }
 
   async get(keys: readonly string[]): Promise<(Buffer | null)[]> {
-    if (keys.length === 1) return [await this.client.getBuffer(keys[0]!)];
+    if (keys.length === 1) return [await this.single.get(keys[0]!)];
     return this.client.mgetBuffer(...keys);
   }
 

@@ -115,6 +115,12 @@ describe('Redis Cluster', () => {
       await expect(tier.get(keys)).rejects.toThrow(/WRONGTYPE/);
     });
 
+    it('reads concurrent single lookups together, each value to its caller, across masters', async () => {
+      const keys = Array.from({ length: 300 }, (_, i) => (i % 5 === 0 ? hotKey('spread', 1, `absent${i}`) : hotKey('spread', 1, `e${(i * 11) % 2000}`)));
+      const values = await Promise.all(keys.map((key) => tier.get([key])));
+      expect(values.map(([v]) => v?.toString() ?? null)).toEqual(keys.map((key) => (key.includes('absent') ? null : JSON.stringify(['2026-01-01T00:00:00.000Z', Number(key.split(':e')[1])]))));
+    });
+
     it('computes key slots as the cluster does (hash tags, UTF-8)', async () => {
       const keys = ['', 'a', 'fs:view:1:e0000001', hotKey('v', 12, 'ü-entity-ß'), 'user:{1000}:name', '{user1000}.following', 'foo{}{bar}', 'foo{{bar}}zap', 'foo{bar}{zap}', '{', 'x}{y', '日本語{タグ}', ...Array.from({ length: 200 }, (_, i) => `fs:spread:${i % 7}:k${i * 7919}`)];
       for (const key of keys) expect([key, keySlot(key)]).toEqual([key, await tier.client.cluster('KEYSLOT', key)]);

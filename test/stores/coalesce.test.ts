@@ -1,0 +1,92 @@
+// Concurrent single-key lookups of one event-loop turn become one multi-key
+// read, against a real Redis: the values land with the right callers (absent
+// keys, duplicates), the server sees one MGET instead of many GETs, a lone
+// lookup is still a GET, a busy turn is split, and a failed read fails every
+// lookup that rode on it.
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ReadCoalescer } from '../../src/stores/coalesce.js';
+import { RedisHotTier } from '../../src/stores/redis.js';
+import { startRedis, type RedisServer } from '../support/servers.js';
+
+describe('coalesced single-key reads', () => {
+  let redis: RedisServer;
+  let tier: RedisHotTier;
+  let probe: Redis;
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    tier = new RedisHotTier({ url: redis.url, commandTimeoutMs: 2000 });
+    await tier.ready(5000);
+    probe = new Redis(redis.url);
+    await tier.set(Array.from({ length: 500 }, (_, i) => [`co:${i}`, Buffer.from(`v${i}`)] as const));
+  });
+  afterAll(async () => {
+    probe?.disconnect();
+    await tier?.close();
+    await redis?.destroy();
+  });
+
+  /** Calls of each command the server has run so far. */
+  const calls = async (): Promise<Record<string, number>> => {
+    const info = await probe.info('commandstats');
+    return Object.fromEntries([...info.matchAll(/cmdstat_(\w+):calls=(\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
+  };
+
+  it('reads the lookups of one turn with one MGET, each value to its caller', async () => {
+    const before = await calls();
+    // Present, absent and repeated keys, all asked in the same turn.
+    const ids = Array.from({ length: 60 }, (_, i) => (i % 7 === 0 ? `co:absent${i}` : `co:${(i * 13) % 500}`)).concat(['co:5', 'co:5']);
+    const values = await Promise.all(ids.map((key) => tier.get([key])));
+    expect(values.map(([v]) => v?.toString() ?? null)).toEqual(ids.map((key) => (key.includes('absent') ? null : `v${key.slice(3)}`)));
+    const after = await calls();
+    expect((after.mget ?? 0) - (before.mget ?? 0)).toBe(1);
+    expect((after.get ?? 0) - (before.get ?? 0)).toBe(0);
+  });
+
+  it('sends a lone lookup as a GET, and lookups of different turns separately', async () => {
+    const before = await calls();
+    expect((await tier.get(['co:1']))[0]?.toString()).toBe('v1');
+    expect((await tier.get(['co:2']))[0]?.toString()).toBe('v2');
+    const after = await calls();
+    expect([(after.get ?? 0) - (before.get ?? 0), (after.mget ?? 0) - (before.mget ?? 0)]).toEqual([2, 0]);
+  });
+
+  it('splits a turn with more lookups than its bound into several reads', async () => {
+    const seen: number[] = [];
+    const coalescer = new ReadCoalescer(
+      async (key) => (seen.push(1), Buffer.from(key)),
+      async (keys) => (seen.push(keys.length), keys.map((key) => Buffer.from(key))),
+      128,
+    );
+    const keys = Array.from({ length: 300 }, (_, i) => `k${i}`);
+    const values = await Promise.all(keys.map((key) => coalescer.get(key)));
+    expect(values.map(String)).toEqual(keys);
+    expect(seen).toEqual([128, 128, 44]);
+  });
+
+  it('fails every lookup of a read that failed, and the next turn reads again', async () => {
+    let fail = true;
+    const coalescer = new ReadCoalescer(
+      async () => Buffer.from('one'),
+      async (keys) => {
+        if (fail) throw new Error('connection lost');
+        return keys.map(() => Buffer.from('ok'));
+      },
+    );
+    const results = await Promise.allSettled(['a', 'b', 'c'].map((key) => coalescer.get(key)));
+    expect(results.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : 'fulfilled'))).toEqual(['connection lost', 'connection lost', 'connection lost']);
+    fail = false;
+    expect((await Promise.all(['a', 'b'].map((key) => coalescer.get(key)))).map(String)).toEqual(['ok', 'ok']);
+  });
+
+  it('fails the lookups of one turn when Redis is gone, within the command bound', async () => {
+    const gone = new RedisHotTier({ url: 'redis://127.0.0.1:1', commandTimeoutMs: 200 });
+    try {
+      const results = await Promise.allSettled(['x', 'y'].map((key) => gone.get([key])));
+      expect(results.every((r) => r.status === 'rejected')).toBe(true);
+    } finally {
+      await gone.close();
+    }
+  });
+});
