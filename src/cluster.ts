@@ -242,7 +242,8 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
         if (!isMessage(message)) return;
         const m = message as ToWorker;
         if (m.t === 'fs:gather') {
-          own[m.what]().then(
+          const read = own[m.what] ?? (async () => Promise.reject(new Error(`unknown figures "${String(m.what)}"`)));
+          read().then(
             (data) => toPrimary({ t: 'fs:gathered', id: m.id, data }),
             (error: Error) => toPrimary({ t: 'fs:gather-failed', id: m.id, error: error.message }),
           );

@@ -99,8 +99,10 @@ export interface paths {
          *     error budget left, and burn rates over 5m, 1h, 6h and 3d (1 = spending the
          *     budget exactly as fast as the window allows). And each view's freshness
          *     against its objective. Counts are this process's own since it started, or
-         *     with WEB_CONCURRENCY > 1 every serving process's of the machine, summed;
-         *     Prometheus rules give the same over all machines.
+         *     with WEB_CONCURRENCY > 1 every serving process's of the machine, summed
+         *     (a worker that does not report within 5 s makes it a 500 that names it,
+         *     rather than a partial sum); Prometheus rules give the same over all
+         *     machines.
          */
         get: operations["getSlo"];
         put?: never;
@@ -773,6 +775,7 @@ export interface operations {
                 };
             };
             400: components["responses"]["BadRequest"];
+            500: components["responses"]["InternalError"];
         };
     };
     dashboard: {
@@ -820,6 +823,7 @@ export interface operations {
                     };
                 };
             };
+            500: components["responses"]["InternalError"];
         };
     };
     healthz: {

@@ -3,8 +3,8 @@
 // that turn's I/O callbacks have run (setImmediate, microseconds later). Under
 // load a turn carries many lookups, and one MGET (one script call per master
 // on a cluster) of n keys costs far less CPU on both ends than n GETs: one
-// command, one reply, one timer. Alone, a lookup still goes out at once, as a
-// plain GET.
+// command, one reply, one timer. A lookup alone in its turn is a plain GET,
+// sent at the end of that turn.
 
 type Waiter = { resolve: (value: Buffer | null) => void; reject: (error: unknown) => void };
 
@@ -40,14 +40,14 @@ export class ReadCoalescer {
     if (keys.length === 0) return;
     this.keys = [];
     this.waiters = [];
-    // Every waiter of the read gets its answer or its error (each lookup then falls back alone).
-    if (keys.length === 1) {
-      this.readOne(keys[0]!).then(waiters[0]!.resolve, waiters[0]!.reject);
-      return;
+    // Every waiter of the read gets its answer or its error (each lookup then falls back alone),
+    // even if a read throws rather than rejects.
+    const fail = (error: unknown) => waiters.forEach((waiter) => waiter.reject(error));
+    try {
+      if (keys.length === 1) this.readOne(keys[0]!).then(waiters[0]!.resolve, fail);
+      else this.readMany(keys).then((values) => waiters.forEach((waiter, i) => waiter.resolve(values[i] ?? null)), fail);
+    } catch (error) {
+      fail(error);
     }
-    this.readMany(keys).then(
-      (values) => waiters.forEach((waiter, i) => waiter.resolve(values[i] ?? null)),
-      (error: unknown) => waiters.forEach((waiter) => waiter.reject(error)),
-    );
   };
 }

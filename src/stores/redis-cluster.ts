@@ -118,6 +118,7 @@ export class RedisClusterHotTier implements HotTier {
    * under the call's deadline.
    */
   private async getMany(keys: readonly string[]): Promise<(Buffer | null)[]> {
+    const started = performance.now();
     const direct = this.byMaster(keys);
     if (direct) {
       let stale = false;
@@ -139,7 +140,8 @@ export class RedisClusterHotTier implements HotTier {
         return values;
       }
     }
-    return this.within(`read of ${keys.length} keys`, this.getRouted(keys));
+    // Within what is left of the bound: the whole call stays within it.
+    return this.within(`read of ${keys.length} keys`, this.getRouted(keys), this.timeoutMs - (performance.now() - started));
   }
 
   /** A batch through the cluster client, one pipeline per group of nodes, following MOVED and ASK. */
@@ -277,6 +279,7 @@ export class RedisClusterHotTier implements HotTier {
    * client, which follows redirections and refreshes its slot map, reads it.
    */
   private async getOne(key: string): Promise<Buffer | null> {
+    const started = performance.now();
     const owner = this.client.slots[keySlot(key)]?.[0];
     const node = owner === undefined ? undefined : this.mastersByName().get(owner);
     if (!node || node.status !== 'ready') return this.within('read', this.client.getBuffer(key));
@@ -284,7 +287,7 @@ export class RedisClusterHotTier implements HotTier {
       // Bounded by the connection's command timeout: no deadline of our own to arm per read.
       return await node.getBuffer(key);
     } catch (error) {
-      if (/^(MOVED|ASK) /.test((error as Error).message)) return this.within('read', this.client.getBuffer(key));
+      if (/^(MOVED|ASK) /.test((error as Error).message)) return this.within('read', this.client.getBuffer(key), this.timeoutMs - (performance.now() - started));
       throw error;
     }
   }
@@ -318,10 +321,10 @@ export class RedisClusterHotTier implements HotTier {
   }
 
   /** Bounds a call, whatever ioredis does underneath (redirections, reconnection), so a failover costs at most this. */
-  private within<T>(what: string, work: Promise<T>): Promise<T> {
+  private within<T>(what: string, work: Promise<T>, ms = this.timeoutMs): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new RedisClusterTimeoutError(`Redis Cluster ${what} did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
+      timer = setTimeout(() => reject(new RedisClusterTimeoutError(`Redis Cluster ${what} did not finish within ${this.timeoutMs} ms`)), Math.max(0, ms));
     });
     return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
   }

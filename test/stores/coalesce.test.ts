@@ -78,6 +78,18 @@ describe('coalesced single-key reads', () => {
     expect(results.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : 'fulfilled'))).toEqual(['connection lost', 'connection lost', 'connection lost']);
     fail = false;
     expect((await Promise.all(['a', 'b'].map((key) => coalescer.get(key)))).map(String)).toEqual(['ok', 'ok']);
+    // A read that throws instead of rejecting still settles every lookup, in a full turn too.
+    const throwing = new ReadCoalescer(
+      () => {
+        throw new Error('thrown');
+      },
+      () => {
+        throw new Error('thrown');
+      },
+      4,
+    );
+    const settled = await Promise.allSettled(['a', 'b', 'c', 'd', 'e'].map((key) => throwing.get(key)));
+    expect(settled.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected', 'rejected', 'rejected']);
   });
 
   it('fails the lookups of one turn when Redis is gone, within the command bound', async () => {
