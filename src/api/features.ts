@@ -11,7 +11,7 @@ import { StoreUnavailableError, VersionGoneError, type FeatureSource, type Featu
 import type { Metrics } from '../observability/metrics.js';
 import { deprecationHeaders, entityTag, freshnessHeaders, freshnessOf, matchesIfNoneMatch } from './freshness.js';
 import { ApiError } from './problem.js';
-import { respondJson, responseHeaders } from './respond.js';
+import { endOfTurn, respondJson, responseHeaders } from './respond.js';
 
 export interface FeatureRouteDeps {
   readonly catalog: Catalog;
@@ -149,6 +149,11 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       result = await withinBudget(reader.read(version, ids));
     }
     metrics.lookupsByTier.inc({ view: view.job.view, tier: result.tier }, ids.length);
+    // Answers that took no I/O (memory) or came over many connections (Postgres) are sent with the turn's
+    // other responses: writing each as soon as its request is read cost about 1.7x the CPU per lookup on
+    // loopback (measured: memory 95 -> 50 us, Postgres 183 -> 140 us). A Redis answer already comes with
+    // the others of its turn, in one reply (stores/coalesce.ts), and waiting longer only slowed it.
+    if (result.tier !== 'redis') await endOfTurn();
     return { version, result };
   }
 

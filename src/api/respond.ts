@@ -17,3 +17,20 @@ export function respondJson(c: Context, status: number, json: string | null): Re
   c.set('headersApplied', true);
   return new Response(json, { status, headers });
 }
+
+let turn: Promise<void> | undefined;
+
+/**
+ * Resolves once this turn of the event loop has run its I/O callbacks (one
+ * promise shared by every caller of the turn). A route that awaits it before
+ * answering sends its response together with the turn's other responses
+ * instead of as soon as its request was read.
+ */
+export function endOfTurn(): Promise<void> {
+  return (turn ??= new Promise((resolve) =>
+    setImmediate(() => {
+      turn = undefined;
+      resolve();
+    }),
+  ));
+}
