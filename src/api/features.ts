@@ -60,8 +60,15 @@ function requireVersion(view: ServedView): ServedVersion {
   return view.current;
 }
 
-/** Positions of the requested features, or null for all of them. */
-function selectFeatures(version: ServedVersion, names: readonly string[] | undefined): { names: string[]; indexes: number[] } | null {
+/** The requested features: their names, positions in the version, and JSON key prefixes (made once per request, not per entity). */
+interface Selection {
+  readonly names: string[];
+  readonly indexes: number[];
+  readonly prefixes: string[];
+}
+
+/** The requested features, or null for all of them. */
+function selectFeatures(version: ServedVersion, names: readonly string[] | undefined): Selection | null {
   if (names === undefined) return null;
   const unique = [...new Set(names)];
   if (unique.length === 0 || unique.some((n) => n === '')) throw new ApiError('invalid-request', 'features must name at least one feature, separated by commas');
@@ -69,7 +76,7 @@ function selectFeatures(version: ServedVersion, names: readonly string[] | undef
   if (unknown.length) {
     throw new ApiError('unknown-feature', `view "${version.view}" has no feature ${unknown.map((n) => `"${n}"`).join(', ')}; features: ${[...version.featureIndex.keys()].join(', ')}`);
   }
-  return { names: unique, indexes: unique.map((n) => version.featureIndex.get(n)!) };
+  return { names: unique, indexes: unique.map((n) => version.featureIndex.get(n)!), prefixes: prefixesFor(unique) };
 }
 
 /** `{"name":` / `,"name":` for each feature of a version, made once per version. */
@@ -97,11 +104,11 @@ function valueJson(value: unknown): string {
  * The `features` object of a row as JSON text, written straight from the stored values in the version's order:
  * no intermediate object per entity (a batch of 100 spent more time building and serialising those than reading them).
  */
-function featuresJson(version: ServedVersion, row: FeatureRow, selection: { names: string[]; indexes: number[] } | null): string {
+function featuresJson(version: ServedVersion, row: FeatureRow, selection: Selection | null): string {
   let out = '';
   if (selection) {
-    const prefixes = prefixesFor(selection.names);
-    for (let i = 0; i < prefixes.length; i++) out += prefixes[i]! + valueJson(row.values[selection.indexes[i]!]);
+    const { prefixes, indexes } = selection;
+    for (let i = 0; i < prefixes.length; i++) out += prefixes[i]! + valueJson(row.values[indexes[i]!]);
   } else {
     let prefixes = namePrefixes.get(version);
     if (!prefixes) {
