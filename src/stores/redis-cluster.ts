@@ -59,7 +59,7 @@ export class RedisClusterHotTier implements HotTier {
   private masters: Map<string, Redis> | undefined;
   /** Masters seen running Redis 7 or later (batch reads need script flags), by host:port. */
   private readonly recent = new Set<string>();
-  /** Single-key lookups of one event-loop turn, read together. */
+  /** Single-key lookups of the same few event-loop turns, read together (one call per master). */
   private readonly single = new ReadCoalescer(
     (key) => this.getOne(key),
     (keys) => this.getMany(keys),

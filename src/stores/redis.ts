@@ -17,7 +17,7 @@ const SCAN_COUNT = 1000;
 export class RedisHotTier implements HotTier {
   readonly kind = 'redis' as const;
   readonly client: Redis;
-  /** Single-key lookups of one event-loop turn, read together. */
+  /** Single-key lookups of the same few event-loop turns, read together. */
   private readonly single: ReadCoalescer;
 
   constructor(options: RedisOptions) {

@@ -57,12 +57,64 @@ describe('coalesced single-key reads', () => {
     const coalescer = new ReadCoalescer(
       async (key) => (seen.push(1), Buffer.from(key)),
       async (keys) => (seen.push(keys.length), keys.map((key) => Buffer.from(key))),
-      128,
+      { maxKeys: 128 },
     );
     const keys = Array.from({ length: 300 }, (_, i) => `k${i}`);
     const values = await Promise.all(keys.map((key) => coalescer.get(key)));
     expect(values.map(String)).toEqual(keys);
     expect(seen).toEqual([128, 128, 44]);
+  });
+
+  /** A coalescer whose reads record their sizes, and a way to ask for keys one turn of the event loop apart. */
+  const recording = (options: ConstructorParameters<typeof ReadCoalescer>[2]) => {
+    const sizes: number[] = [];
+    const coalescer = new ReadCoalescer(
+      async (key) => (sizes.push(1), Buffer.from(key)),
+      async (keys) => (sizes.push(keys.length), keys.map((key) => Buffer.from(key))),
+      options,
+    );
+    const askOverTurns = async (perTurn: number[]): Promise<string[]> => {
+      const pending: Promise<Buffer | null>[] = [];
+      let n = 0;
+      for (const count of perTurn) {
+        for (let i = 0; i < count; i++) pending.push(coalescer.get(`k${n++}`));
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      return (await Promise.all(pending)).map(String);
+    };
+    return { sizes, askOverTurns };
+  };
+
+  it('holds a small read for a few turns, so the lookups of the next turns ride on it', async () => {
+    const { sizes, askOverTurns } = recording({ fill: 32, holdTurns: 4 });
+    // Three turns of three lookups each: one read of nine keys, each value to its caller.
+    expect(await askOverTurns([3, 3, 3])).toEqual(Array.from({ length: 9 }, (_, i) => `k${i}`));
+    expect(sizes).toEqual([9]);
+  });
+
+  it('holds a read for no more than its turns, however steadily lookups keep coming', async () => {
+    const { sizes, askOverTurns } = recording({ fill: 32, holdTurns: 4 });
+    // One lookup per turn for twelve turns: reads go out every few turns, never one held to the end.
+    expect(await askOverTurns(Array.from({ length: 12 }, () => 1))).toEqual(Array.from({ length: 12 }, (_, i) => `k${i}`));
+    expect(sizes.length).toBeGreaterThanOrEqual(2);
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(5);
+    expect(sizes.reduce((a, b) => a + b)).toBe(12);
+  });
+
+  it('sends a read that reached its fill at the end of that turn, without holding it', async () => {
+    const { sizes, askOverTurns } = recording({ fill: 8, holdTurns: 4 });
+    // Ten lookups fill the first read; the two of the next turn go in a read of their own.
+    await askOverTurns([10, 2]);
+    expect(sizes).toEqual([10, 2]);
+  });
+
+  it('answers a lone lookup on an idle loop at once: the hold is a few idle turns, not a timer', async () => {
+    const { sizes, askOverTurns } = recording({ fill: 32, holdTurns: 4 });
+    const started = performance.now();
+    expect(await askOverTurns([1])).toEqual(['k0']);
+    expect(sizes).toEqual([1]);
+    // Loose bound (shared CI machines): the hold is a few idle turns, microseconds each, not a timer.
+    expect(performance.now() - started).toBeLessThan(50);
   });
 
   it('fails every lookup of a read that failed, and the next turn reads again', async () => {
@@ -86,7 +138,7 @@ describe('coalesced single-key reads', () => {
       () => {
         throw new Error('thrown');
       },
-      4,
+      { maxKeys: 4 },
     );
     const settled = await Promise.allSettled(['a', 'b', 'c', 'd', 'e'].map((key) => throwing.get(key)));
     expect(settled.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected', 'rejected', 'rejected']);
