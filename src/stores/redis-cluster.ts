@@ -15,9 +15,12 @@
 // keys (the script GETs them; Redis 7's allow-cross-slot-keys lets one call
 // read keys of many slots on one node): a batch costs one round trip and one
 // reply per master involved. Single reads go straight to the owning master's
-// connection, which costs less CPU than the cluster client's routing; a MOVED,
-// ASK or "non local key" sends the read through the cluster client. Sync
-// writes are per-key SETs pipelined per node.
+// connection, which costs less CPU than the cluster client's routing. Sync
+// writes are per-key SETs pipelined on each master's connection. A key that
+// meets MOVED, ASK or "non local key" there (a stale slot map, a slot being
+// migrated) is read or written again on its own through the cluster client,
+// which follows the redirection: resharding costs that slot's keys a round
+// trip more, never a failed read, a wrong value or a key written twice.
 // Needs Redis 7.0 or later (script flags); the health check (/readyz) fails on
 // an older master, naming it.
 //
@@ -112,59 +115,86 @@ export class RedisClusterHotTier implements HotTier {
    * script GETs the master's keys of the batch (any slots it owns, which the
    * allow-cross-slot-keys flag permits) and answers them in one reply, which
    * costs about half the CPU of a pipeline of GETs on both ends. Each call is
-   * bounded by the connection's command timeout. If the slot map turns out
-   * stale (a key the master does not own, a master not connected), the whole
-   * batch again through the cluster client, which follows redirections,
-   * under the call's deadline.
+   * bounded by the connection's command timeout. A master that turns out not
+   * to hold some of its keys (a stale slot map after a failover, or a slot
+   * being migrated, whose moved keys live on the importing master) has its
+   * keys read one by one through the cluster client, which follows each
+   * key's MOVED or ASK, within what is left of the call's bound; the other
+   * masters' answers stand. With no usable map at all, the whole batch goes
+   * that way.
    */
   private async getMany(keys: readonly string[]): Promise<(Buffer | null)[]> {
     const started = performance.now();
-    const direct = this.byMaster(keys);
-    if (direct) {
-      let stale = false;
-      const results = await Promise.all(
-        [...direct].map(async ([node, indexes]) => {
-          try {
-            // One key of this master: a plain GET costs both ends less than a script call.
-            return [indexes, indexes.length === 1 ? [await node.getBuffer(keys[indexes[0]!]!)] : await readScript(node, indexes.map((i) => keys[i]!))] as const;
-          } catch (error) {
-            if (!NOT_HERE.test((error as Error).message)) throw error;
-            stale = true;
-            return [indexes, []] as const;
-          }
-        }),
-      );
-      if (!stale) {
-        const values: (Buffer | null)[] = new Array(keys.length);
-        for (const [indexes, replies] of results) indexes.forEach((index, j) => (values[index] = replies[j] ?? null));
-        return values;
-      }
-    }
-    // Within what is left of the bound: the whole call stays within it.
-    return this.within(`read of ${keys.length} keys`, this.getRouted(keys), this.timeoutMs - (performance.now() - started));
-  }
-
-  /** A batch through the cluster client, one pipeline per group of nodes, following MOVED and ASK. */
-  private async getRouted(keys: readonly string[]): Promise<(Buffer | null)[]> {
-    const values: (Buffer | null)[] = new Array(keys.length).fill(null);
+    const left = () => this.timeoutMs - (performance.now() - started);
+    const direct = this.byMaster(keys.length, (i) => keys[i]!);
+    if (!direct) return this.within(`read of ${keys.length} keys`, this.getRouted(keys), left());
+    const values: (Buffer | null)[] = new Array(keys.length);
     await Promise.all(
-      this.byNode(keys.length, (i) => keys[i]!).map(async (indexes) => {
-        const pipeline = this.client.pipeline();
-        for (const i of indexes) pipeline.getBuffer(keys[i]!);
-        const results = await execPipeline(pipeline);
-        indexes.forEach((index, j) => (values[index] = results[j] as Buffer | null));
+      [...direct].map(async ([node, indexes]) => {
+        const own = indexes.map((i) => keys[i]!);
+        let replies: (Buffer | null)[];
+        try {
+          // One key of this master: a plain GET costs both ends less than a script call.
+          replies = own.length === 1 ? [await node.getBuffer(own[0]!)] : await readScript(node, own);
+        } catch (error) {
+          if (!NOT_HERE.test((error as Error).message)) throw error;
+          replies = await this.within(`read of ${own.length} keys`, this.getRouted(own), left());
+        }
+        indexes.forEach((index, j) => (values[index] = replies[j] ?? null));
       }),
     );
     return values;
   }
 
-  /** Key indexes by the connection of the master the slot map names for them; undefined if one is not connected. */
-  private byMaster(keys: readonly string[]): Map<Redis, number[]> | undefined {
+  /** Keys read through `routed`: for the rare read a master's script could not answer, or no slot map could place. */
+  private getRouted(keys: readonly string[]): Promise<(Buffer | null)[]> {
+    return this.routed(
+      keys.length,
+      (i) => keys[i]!,
+      (pipeline, i) => pipeline.getBuffer(keys[i]!),
+      (i) => this.client.getBuffer(keys[i]!),
+    );
+  }
+
+  /**
+   * One command per item: a pipeline on the connection of each master the
+   * slot map names, then each command that met a MOVED or ASK (a stale map, a
+   * slot being migrated) again on its own through the cluster client, which
+   * follows it. Not the cluster client's pipelines: ioredis handles their
+   * redirections all or nothing, so one ASK resends the whole pipeline to the
+   * importing master, where keys that have not moved read as absent and would
+   * be written twice. With no usable map, every command goes on its own. Any
+   * other error fails the call.
+   */
+  private async routed<T>(count: number, keyOf: (i: number) => string, add: (pipeline: ChainableCommander, i: number) => void, alone: (i: number) => Promise<T>): Promise<T[]> {
+    const groups = this.byMaster(count, keyOf);
+    if (!groups) return Promise.all(Array.from({ length: count }, (_, i) => alone(i)));
+    const values: T[] = new Array(count);
+    await Promise.all(
+      [...groups].map(async ([node, indexes]) => {
+        const pipeline = node.pipeline();
+        for (const i of indexes) add(pipeline, i);
+        const results = (await pipeline.exec()) ?? [];
+        await Promise.all(
+          indexes.map(async (index, j) => {
+            const [error, value] = results[j] ?? [new Error(`Redis Cluster: ${nodeName(node)} answered ${results.length} of ${indexes.length} pipelined commands`), null];
+            if (!error) values[index] = value as T;
+            else if (NOT_HERE.test(error.message)) values[index] = await alone(index);
+            else throw error;
+          }),
+        );
+      }),
+    );
+    return values;
+  }
+
+  /** Item indexes by the connection of the master the slot map names for their keys; undefined if one is not connected. */
+  private byMaster(count: number, keyOf: (i: number) => string): Map<Redis, number[]> | undefined {
     const slots = this.client.slots;
     const masters = this.mastersByName();
     const groups = new Map<Redis, number[]>();
-    for (let i = 0; i < keys.length; i++) {
-      const owner = slots[keySlot(keys[i]!)]?.[0];
+    for (let i = 0; i < count; i++) {
+      const owner = slots[keySlot(keyOf(i))]?.[0];
       const node = owner === undefined ? undefined : masters.get(owner);
       if (!node || node.status !== 'ready') return undefined;
       const indexes = groups.get(node);
@@ -180,16 +210,11 @@ export class RedisClusterHotTier implements HotTier {
     if (!this.isReady()) await this.ready(this.timeoutMs);
     await this.within(
       `write of ${entries.length} keys`,
-      Promise.all(
-        this.byNode(entries.length, (i) => entries[i]![0]).map(async (indexes) => {
-          const pipeline = this.client.pipeline();
-          for (const i of indexes) {
-            const [key, value] = entries[i]!;
-            if (ttlSeconds) pipeline.set(key, value, 'EX', ttlSeconds);
-            else pipeline.set(key, value);
-          }
-          await execPipeline(pipeline);
-        }),
+      this.routed(
+        entries.length,
+        (i) => entries[i]![0],
+        (pipeline, i) => (ttlSeconds ? pipeline.set(entries[i]![0], entries[i]![1], 'EX', ttlSeconds) : pipeline.set(entries[i]![0], entries[i]![1])),
+        (i) => (ttlSeconds ? this.client.set(entries[i]![0], entries[i]![1], 'EX', ttlSeconds) : this.client.set(entries[i]![0], entries[i]![1])),
       ),
     );
   }
@@ -298,28 +323,6 @@ export class RedisClusterHotTier implements HotTier {
     return this.masters;
   }
 
-  /**
-   * Groups item indexes by the group of nodes (master and replicas) serving
-   * each key's slot, as ioredis numbers them in `_groupsBySlot`: a cluster
-   * pipeline is accepted only when all its keys share that number, so this is
-   * the same test it applies. A slot with no number (right after a MOVED,
-   * until the slot map is refreshed) gets a pipeline of its own.
-   */
-  private byNode(count: number, keyOf: (i: number) => string): number[][] {
-    const slots = this.client.slots;
-    const groupOfSlot = this.client._groupsBySlot;
-    const groups = new Map<string | number, number[]>();
-    for (let i = 0; i < count; i++) {
-      const slot = keySlot(keyOf(i));
-      if (!slots[slot]?.length) throw new Error(`the Redis Cluster client has no node for slot ${slot} yet (status ${this.client.status})`);
-      const group = groupOfSlot[slot] ?? `slot ${slot}`;
-      const indexes = groups.get(group);
-      if (indexes) indexes.push(i);
-      else groups.set(group, [i]);
-    }
-    return [...groups.values()];
-  }
-
   /** Bounds a call, whatever ioredis does underneath (redirections, reconnection), so a failover costs at most this. */
   private within<T>(what: string, work: Promise<T>, ms = this.timeoutMs): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
@@ -352,15 +355,6 @@ async function readScript(node: Redis, keys: string[]): Promise<(Buffer | null)[
     if (!/^NOSCRIPT/.test((error as Error).message)) throw error;
     return (await node.callBuffer('EVAL', READ_SCRIPT, 0, ...keys)) as (Buffer | null)[];
   }
-}
-
-/** Replies in order; the first failed command fails the whole batch (the reader then answers from Postgres). */
-async function execPipeline(pipeline: ChainableCommander): Promise<unknown[]> {
-  const results = (await pipeline.exec()) ?? [];
-  return results.map(([error, value]) => {
-    if (error) throw error;
-    return value;
-  });
 }
 
 // CRC16-XMODEM, which Redis Cluster uses for key slots.

@@ -2,7 +2,8 @@
 // replica each (six redis-server processes on loopback, joined by
 // `redis-cli --cluster create`): the same answers as one Redis node for the
 // same data, no CROSSSLOT on batches, and a master killed under load costs no
-// wrong answer and no 5xx, with answers from Redis again after the failover.
+// wrong answer and no 5xx, with answers from Redis again after the failover;
+// a slot migrated mid-read (resharding) costs no wrong or failed read or write.
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -142,6 +143,53 @@ describe('Redis Cluster', () => {
       const right = tier.client.slots[stale]![0]!;
       tier.client.slots[stale] = [tier.client.nodes('master').map((n) => `${n.options.host}:${n.options.port}`).find((name) => name !== right)!];
       expect(await tier.get([...batch, hotKey('moved', 1, 'absent')])).toEqual([...batch.map((_, i) => Buffer.from(`v${i}`)), null]);
+    });
+
+    it('reads and writes right while a slot is being migrated (resharding), and from its new owner after', async () => {
+      // Keys of one slot (a hash tag) and of many others, in the same batches; half of the slot moves mid-test.
+      const moving = Array.from({ length: 40 }, (_, i) => hotKey('reshard', 1, `{m}e${i}`));
+      const staying = Array.from({ length: 60 }, (_, i) => hotKey('reshard', 1, `e${i}`));
+      const absent = hotKey('reshard', 1, '{m}absent');
+      const value = (key: string) => Buffer.from(`v:${key}`);
+      /** What a read of these keys must answer: each key's own value, nothing for the absent one. */
+      const answers = (keys: string[]): (Buffer | null)[] => keys.map((key) => (key === absent ? null : value(key)));
+      await tier.set([...moving, ...staying].map((key) => [key, value(key)] as const));
+      const slot = keySlot(moving[0]!);
+      const source = Number(tier.client.slots[slot]![0]!.split(':')[1]);
+      const masters = await cluster.masters();
+      const target = masters.find((port) => port !== source)!;
+      const conns = new Map(masters.map((port) => [port, new Redis({ host: '127.0.0.1', port })]));
+      const on = (port: number) => conns.get(port)!;
+      const idOf = async (port: number) => String(await on(port).cluster('MYID'));
+      const migrate = (keys: string[]) => on(source).call('MIGRATE', '127.0.0.1', String(target), '', '0', '5000', 'KEYS', ...keys);
+      /** Every key read as a batch and as concurrent single lookups. */
+      const both = async (keys: string[]) => [await tier.get(keys), await Promise.all(keys.map(async (key) => (await tier.get([key]))[0]))];
+      try {
+        await on(target).cluster('SETSLOT', slot, 'IMPORTING', await idOf(source));
+        await on(source).cluster('SETSLOT', slot, 'MIGRATING', await idOf(target));
+        await migrate(moving.slice(0, 20));
+
+        // Mid-migration: moved keys answer ASK, the rest are still on the source; no read fails or comes back empty.
+        const keys = [...moving, ...staying, absent];
+        expect(await both(keys)).toEqual([answers(keys), answers(keys)]);
+        // Writes into the migrating slot (new keys: the source sends them on with ASK) and elsewhere, then read back.
+        const fresh = [...Array.from({ length: 10 }, (_, i) => hotKey('reshard', 2, `{m}e${i}`)), ...Array.from({ length: 10 }, (_, i) => hotKey('reshard', 2, `e${i}`))];
+        await tier.set(fresh.map((key) => [key, value(key)] as const));
+        expect(await both(fresh)).toEqual([answers(fresh), answers(fresh)]);
+
+        // The rest of the slot moves (a key written on both masters would fail this MIGRATE with BUSYKEY), then every
+        // master is told the new owner, the importing one first.
+        const rest = (await on(source).cluster('GETKEYSINSLOT', slot, 1000)) as string[];
+        expect(rest.sort()).toEqual(moving.slice(20).sort());
+        await migrate(rest);
+        for (const port of [target, source, ...masters.filter((p) => p !== target && p !== source)]) await on(port).cluster('SETSLOT', slot, 'NODE', await idOf(target));
+        expect(await both([...keys, ...fresh])).toEqual([answers([...keys, ...fresh]), answers([...keys, ...fresh])]);
+        // The MOVED of those reads refreshed the client's slot map: the slot's keys now go to the new owner directly.
+        for (let i = 0; i < 100 && tier.client.slots[slot]![0] !== `127.0.0.1:${target}`; i++) await new Promise((r) => setTimeout(r, 50));
+        expect(tier.client.slots[slot]![0]).toBe(`127.0.0.1:${target}`);
+      } finally {
+        for (const conn of conns.values()) conn.disconnect();
+      }
     });
 
     it('gives fills their TTL', async () => {
