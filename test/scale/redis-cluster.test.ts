@@ -14,6 +14,7 @@ import { hotKey } from '../../src/stores/hot-tier.js';
 import { RateLimiter } from '../../src/stores/rate-limit.js';
 import { keySlot, RedisClusterHotTier } from '../../src/stores/redis-cluster.js';
 import { RedisHotTier } from '../../src/stores/redis.js';
+import { isTransient } from '../../src/sync/engine.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet, type JobYaml } from '../support/fixtures.js';
 import { startRedis, startRedisCluster, type RedisClusterServer, type RedisServer } from '../support/servers.js';
@@ -352,12 +353,47 @@ describe('Redis Cluster', () => {
       const workers = Array.from({ length: 8 }, async () => {
         for (let n = 0; Date.now() < stopAt && Date.now() - started < 90_000; n++) await (n % 5 === 4 ? batch() : one());
       });
+      // And writes as a sync makes them, from just after the kill on (a write the victim acknowledged before it died
+      // may be lost with it, as documented): each is acknowledged whole, or fails with an error the sync engine retries
+      // (a transient one), never another kind. A failed write may have landed in part; a sync publishes nothing then.
+      const writer = createHotTier(seeds(), 2000) as RedisClusterHotTier;
+      await writer.ready(20_000);
+      const writes: { keys: string[]; error?: unknown }[] = [];
+      let killed: () => void = () => undefined;
+      const afterKill = new Promise<void>((resolve) => (killed = resolve));
+      const writing = (async () => {
+        await afterKill;
+        await new Promise((r) => setTimeout(r, 200));
+        for (let n = 0; Date.now() < stopAt && Date.now() - started < 90_000; n++) {
+          const keys = Array.from({ length: 30 }, (_, i) => hotKey('failover-writes', 1, `w${n}-${i}`));
+          try {
+            await writer.set(keys.map((key) => [key, Buffer.from(key)] as const));
+            writes.push({ keys });
+          } catch (error) {
+            writes.push({ keys, error });
+          }
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      })();
       await new Promise((r) => setTimeout(r, 1500));
       const beforeKill = outcomes.length;
       cluster.kill(victim);
+      killed();
       await cluster.waitHealthy(60_000, 3);
       stopAt = Date.now() + 3000;
-      await Promise.all(workers);
+      await Promise.all([...workers, writing]);
+      try {
+        const failed = writes.filter((w) => w.error !== undefined);
+        expect(failed.map((w) => [String(w.error), isTransient(w.error)]).filter(([, transient]) => !transient)).toEqual([]);
+        expect(failed.length).toBeGreaterThan(0);
+        // Every write that was acknowledged after the kill is there, value for value, from the surviving masters.
+        const landed = writes.filter((w) => w.error === undefined).flatMap((w) => w.keys);
+        expect(landed.length).toBeGreaterThan(0);
+        const read = (await writer.get(landed)).map((v) => v?.toString() ?? null);
+        expect(landed.filter((key, i) => read[i] !== key)).toEqual([]);
+      } finally {
+        await writer.close();
+      }
 
       const after = await cluster.masters();
       expect(after).not.toContain(victim);
