@@ -233,13 +233,17 @@ export class RedisClusterHotTier implements HotTier {
         const [next, keys] = await node.scan(cursor, 'MATCH', `${hotKeyPrefix(view, version)}*`, 'COUNT', SCAN_COUNT);
         cursor = next;
         if (keys.length === 0) continue;
-        // One key per UNLINK (keys of one node still span many slots), pipelined on that node.
-        const pipeline = node.pipeline();
-        for (const key of keys) pipeline.unlink(key);
-        for (const [error, count] of (await pipeline.exec()) ?? []) {
-          if (error) throw new Error(`Redis Cluster: dropping version ${version} of ${view} on ${nodeName(node)} failed: ${error.message}`);
-          removed += Number(count);
-        }
+        // One key per UNLINK (keys of one node still span many slots), pipelined on the owning master; a key of a
+        // slot being migrated (SCAN lists the importing master's keys too) follows its MOVED or ASK on its own.
+        const counts = await this.routed(
+          keys.length,
+          (i) => keys[i]!,
+          (pipeline, i) => pipeline.unlink(keys[i]!),
+          (i) => this.client.unlink(keys[i]!),
+        ).catch((error: Error) => {
+          throw new Error(`Redis Cluster: dropping version ${version} of ${view} (keys found on ${nodeName(node)}) failed: ${error.message}`, { cause: error });
+        });
+        for (const count of counts) removed += Number(count);
       } while (cursor !== '0');
     }
     return removed;
