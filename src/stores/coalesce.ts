@@ -11,7 +11,8 @@
 // microseconds, so a lone lookup waits microseconds and is sent as a plain
 // GET; a busy loop's turns each bring more lookups, so reads grow with the
 // load, which matters most on a cluster, where each read is split over the
-// masters. A batch that reaches `maxKeys` is sent at once.
+// masters. A batch that reaches `maxKeys` is sent at once. The command
+// timeout counts from the send: a lookup waits at most those few turns more.
 
 type Waiter = { resolve: (value: Buffer | null) => void; reject: (error: unknown) => void };
 

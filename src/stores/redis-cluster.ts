@@ -19,8 +19,9 @@
 // writes are per-key SETs pipelined on each master's connection. A key that
 // meets MOVED, ASK or "non local key" there (a stale slot map, a slot being
 // migrated) is read or written again on its own through the cluster client,
-// which follows the redirection: resharding costs that slot's keys a round
-// trip more, never a failed read, a wrong value or a key written twice.
+// which follows the redirection: resharding costs a few round trips more
+// where a read or write meets the slot being moved, never a failed read or
+// a wrong value.
 // Needs Redis 7.0 or later (script flags); the health check (/readyz) fails on
 // an older master, naming it.
 //
@@ -118,10 +119,10 @@ export class RedisClusterHotTier implements HotTier {
    * bounded by the connection's command timeout. A master that turns out not
    * to hold some of its keys (a stale slot map after a failover, or a slot
    * being migrated, whose moved keys live on the importing master) has its
-   * keys read one by one through the cluster client, which follows each
-   * key's MOVED or ASK, within what is left of the call's bound; the other
-   * masters' answers stand. With no usable map at all, the whole batch goes
-   * that way.
+   * keys read again through `routed`: GETs pipelined to it, and each key that
+   * meets MOVED or ASK on its own through the cluster client, which follows
+   * it, within what is left of the call's bound; the other masters' answers
+   * stand. With no usable map at all, the whole batch goes that way.
    */
   private async getMany(keys: readonly string[]): Promise<(Buffer | null)[]> {
     const started = performance.now();
@@ -161,10 +162,10 @@ export class RedisClusterHotTier implements HotTier {
    * slot map names, then each command that met a MOVED or ASK (a stale map, a
    * slot being migrated) again on its own through the cluster client, which
    * follows it. Not the cluster client's pipelines: ioredis handles their
-   * redirections all or nothing, so one ASK resends the whole pipeline to the
-   * importing master, where keys that have not moved read as absent and would
-   * be written twice. With no usable map, every command goes on its own. Any
-   * other error fails the call.
+   * redirections all or nothing, so one ASK resends a whole pipeline of reads
+   * to the importing master, where keys that have not moved read as absent,
+   * and a pipeline of writes fails. With no usable map, every command goes on
+   * its own. Any other error fails the call.
    */
   private async routed<T>(count: number, keyOf: (i: number) => string, add: (pipeline: ChainableCommander, i: number) => void, alone: (i: number) => Promise<T>): Promise<T[]> {
     const groups = this.byMaster(count, keyOf);
@@ -235,11 +236,14 @@ export class RedisClusterHotTier implements HotTier {
         if (keys.length === 0) continue;
         // One key per UNLINK (keys of one node still span many slots), pipelined on the owning master; a key of a
         // slot being migrated (SCAN lists the importing master's keys too) follows its MOVED or ASK on its own.
-        const counts = await this.routed(
-          keys.length,
-          (i) => keys[i]!,
-          (pipeline, i) => pipeline.unlink(keys[i]!),
-          (i) => this.client.unlink(keys[i]!),
+        const counts = await this.within(
+          `drop of ${keys.length} keys`,
+          this.routed(
+            keys.length,
+            (i) => keys[i]!,
+            (pipeline, i) => pipeline.unlink(keys[i]!),
+            (i) => this.client.unlink(keys[i]!),
+          ),
         ).catch((error: Error) => {
           throw new Error(`Redis Cluster: dropping version ${version} of ${view} (keys found on ${nodeName(node)}) failed: ${error.message}`, { cause: error });
         });

@@ -96,7 +96,7 @@ export interface RunSummary {
 const DEFAULT_RETRY = { attempts: 3, baseDelayMs: 1000 };
 
 const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006', '53300', '40001', '40P01']);
-const TRANSIENT_MESSAGES = /Connection terminated|Connection is closed|connect ECONNREFUSED|Command timed out|timeout exceeded when trying to connect|Stream isn't writeable|enableOfflineQueue|MaxRetriesPerRequest|^CLUSTERDOWN|^TRYAGAIN/i;
+const TRANSIENT_MESSAGES = /Connection terminated|Connection is closed|connect ECONNREFUSED|Command timed out|timeout exceeded when trying to connect|Stream isn't writeable|enableOfflineQueue|MaxRetriesPerRequest|^CLUSTERDOWN|^TRYAGAIN|Too many Cluster redirections|Failed to refresh slots cache/i;
 
 /** Connection losses and timeouts are worth another try; data and contract errors are not. */
 export function isTransient(error: unknown): boolean {

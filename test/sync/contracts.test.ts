@@ -7,13 +7,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { parseJobDefinition, type JobDefinition } from '../../src/jobs/definition.js';
 import { silentLogger } from '../../src/observability/log.js';
+import { SyncDataError } from '../../src/sync/plan.js';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { toServedVersion } from '../../src/stores/catalog.js';
 import { hotKey } from '../../src/stores/hot-tier.js';
 import { decodeHotValue } from '../../src/stores/hot-value.js';
 import { getRun, META_SCHEMA, readPublishedVersions, rollbackView } from '../../src/stores/metadata.js';
 import { FeatureReader } from '../../src/stores/reader.js';
-import { jobLockKey, runSync, type RunOptions, type RunSummary } from '../../src/sync/engine.js';
+import { isTransient, jobLockKey, runSync, type RunOptions, type RunSummary } from '../../src/sync/engine.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet, type JobYaml } from '../support/fixtures.js';
 import { startRedis, type RedisServer } from '../support/servers.js';
@@ -307,6 +308,26 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       const runs = await server.db.query(`SELECT 1 FROM ${META_SCHEMA}.runs WHERE job = 'c_perm'`);
       expect(runs.length).toBe(1);
     });
+  });
+
+  it('classes lost connections, timeouts and Redis Cluster turbulence as worth a retry, data errors not', () => {
+    const transient = [
+      Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:6379'), { code: 'ECONNREFUSED' }),
+      Object.assign(new Error('Redis Cluster write of 30 keys did not finish within 2000 ms'), { code: 'ETIMEDOUT' }),
+      new Error('Connection is closed.'),
+      new Error('CLUSTERDOWN The cluster is down'),
+      new Error('TRYAGAIN Multiple keys request during rehashing of slot'),
+      new Error('Too many Cluster redirections. Last error: MOVED 15627 127.0.0.1:39889'),
+      new Error('Failed to refresh slots cache.'),
+      Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' }),
+    ];
+    const permanent = [
+      new SyncDataError('column score: expected double, found VARCHAR'),
+      new Error('WRONGTYPE Operation against a key holding the wrong kind of value'),
+      Object.assign(new Error('duplicate key value violates unique constraint'), { code: '23505' }),
+    ];
+    expect(transient.filter((error) => !isTransient(error)).map(String)).toEqual([]);
+    expect(permanent.filter((error) => isTransient(error)).map(String)).toEqual([]);
   });
 
   describe('versions served side by side, rollback, and the sync routes', () => {
