@@ -117,11 +117,6 @@ export class SloTracker {
     if (serverError) this.secondFailed[s]! += 1;
   }
 
-  /** Lookups per second and the share that failed, over the last `seconds` (at most 60), this one included. */
-  recent(seconds = RECENT_SECONDS): { rate: number; errorRate: number } {
-    return recentOf(this.recentCounts(seconds));
-  }
-
   /**
    * The sums every report needs, over the compliance period, each burn-rate
    * window and the last RECENT_SECONDS seconds: small, and additive over
@@ -140,6 +135,7 @@ export class SloTracker {
    */
   gather: () => Promise<SloSnapshot> = async () => this.snapshot();
 
+  /** Lookups and failures over the last `seconds` (at most 60), this one included. */
   private recentCounts(seconds: number): RecentCounts {
     const span = Math.min(60, Math.max(1, seconds));
     const current = Math.floor(this.now() / 1000);

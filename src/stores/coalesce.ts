@@ -80,7 +80,12 @@ export class ReadCoalescer {
     const fail = (error: unknown) => waiters.forEach((waiter) => waiter.reject(error));
     try {
       if (keys.length === 1) this.readOne(keys[0]!).then(waiters[0]!.resolve, fail);
-      else this.readMany(keys).then((values) => waiters.forEach((waiter, i) => waiter.resolve(values[i] ?? null)), fail);
+      else
+        this.readMany(keys).then((values) => {
+          // One value per key, or every lookup fails (and falls back): a short reply must not read as misses.
+          if (values.length !== keys.length) fail(new Error(`a read of ${keys.length} keys answered ${values.length} values`));
+          else waiters.forEach((waiter, i) => waiter.resolve(values[i]!));
+        }, fail);
     } catch (error) {
       fail(error);
     }

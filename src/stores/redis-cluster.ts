@@ -61,8 +61,8 @@ export class RedisClusterHotTier implements HotTier {
   readonly client: Cluster;
   private readonly timeoutMs: number;
   private masters: Map<string, Redis> | undefined;
-  /** Masters seen running Redis 7 or later (batch reads need script flags), by host:port. */
-  private readonly recent = new Set<string>();
+  /** Masters already seen running Redis 7 or later (batch reads need script flags), by host:port. */
+  private readonly onRedis7 = new Set<string>();
   /** Single-key lookups of the same few event-loop turns, read together (one call per master). */
   private readonly single = new ReadCoalescer(
     (key) => this.getOne(key),
@@ -141,7 +141,7 @@ export class RedisClusterHotTier implements HotTier {
           if (!NOT_HERE.test((error as Error).message)) throw error;
           replies = await this.within(`read of ${own.length} keys`, this.getRouted(own), left());
         }
-        indexes.forEach((index, j) => (values[index] = replies[j] ?? null));
+        indexes.forEach((index, j) => (values[index] = replies[j]!));
       }),
     );
     return values;
@@ -297,10 +297,10 @@ export class RedisClusterHotTier implements HotTier {
       const size = Number(/cluster_size:(\d+)/.exec(info)?.[1]);
       if (size !== masters.length) throw new Error(`Redis Cluster has ${size} masters serving slots but the client knows ${masters.length}; its slot map is being refreshed, retry shortly`);
     }
-    await Promise.all(masters.filter((node) => !this.recent.has(nodeName(node))).map(async (node) => {
+    await Promise.all(masters.filter((node) => !this.onRedis7.has(nodeName(node))).map(async (node) => {
       const version = /redis_version:(\S+)/.exec(String(await node.info('server')))?.[1] ?? 'unknown';
       if (!(Number(version.split('.')[0]) >= 7)) throw new Error(`Redis Cluster node ${nodeName(node)} runs Redis ${version}; the cluster hot tier needs Redis 7.0 or later (its batch reads use script flags): upgrade it`);
-      this.recent.add(nodeName(node));
+      this.onRedis7.add(nodeName(node));
     }));
     return masters;
   }
@@ -320,7 +320,7 @@ export class RedisClusterHotTier implements HotTier {
       // Bounded by the connection's command timeout: no deadline of our own to arm per read.
       return await node.getBuffer(key);
     } catch (error) {
-      if (/^(MOVED|ASK) /.test((error as Error).message)) return this.within('read', this.client.getBuffer(key), this.timeoutMs - (performance.now() - started));
+      if (NOT_HERE.test((error as Error).message)) return this.within('read', this.client.getBuffer(key), this.timeoutMs - (performance.now() - started));
       throw error;
     }
   }
@@ -356,13 +356,19 @@ const READ_SHA = createHash('sha1').update(READ_SCRIPT).digest('hex');
 const NOT_HERE = /^(MOVED|ASK) |non local key|do not hash to the same slot/;
 
 async function readScript(node: Redis, keys: string[]): Promise<(Buffer | null)[]> {
+  let values: unknown;
   try {
-    return (await node.callBuffer('EVALSHA', READ_SHA, 0, ...keys)) as (Buffer | null)[];
+    values = await node.callBuffer('EVALSHA', READ_SHA, 0, ...keys);
   } catch (error) {
     // First use on this master (or after a restart or SCRIPT FLUSH): send the script itself, which loads it.
     if (!/^NOSCRIPT/.test((error as Error).message)) throw error;
-    return (await node.callBuffer('EVAL', READ_SCRIPT, 0, ...keys)) as (Buffer | null)[];
+    values = await node.callBuffer('EVAL', READ_SCRIPT, 0, ...keys);
   }
+  // One value per key, or the read fails: a short reply must not turn the missing keys into misses.
+  if (!Array.isArray(values) || values.length !== keys.length) {
+    throw new Error(`Redis Cluster: ${nodeName(node)} answered a read of ${keys.length} keys with ${Array.isArray(values) ? `${values.length} values` : typeof values}`);
+  }
+  return values as (Buffer | null)[];
 }
 
 // CRC16-XMODEM, which Redis Cluster uses for key slots.

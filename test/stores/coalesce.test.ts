@@ -156,6 +156,15 @@ describe('coalesced single-key reads', () => {
     expect(settled.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected', 'rejected', 'rejected']);
   });
 
+  it('fails every lookup of a read that answered fewer values than keys, rather than read them as misses', async () => {
+    const short = new ReadCoalescer(
+      async () => Buffer.from('one'),
+      async (keys) => keys.slice(1).map(() => Buffer.from('v')),
+    );
+    const results = await Promise.allSettled(['a', 'b', 'c'].map((key) => short.get(key)));
+    expect(results.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : 'fulfilled'))).toEqual(Array(3).fill('a read of 3 keys answered 2 values'));
+  });
+
   it('fails the lookups of one turn when Redis is gone, within the command bound', async () => {
     const gone = new RedisHotTier({ url: 'redis://127.0.0.1:1', commandTimeoutMs: 200 });
     try {
