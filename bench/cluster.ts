@@ -4,7 +4,11 @@
 // three masters with one replica each, syncs the same Parquet data into both
 // setups through the real sync path (ctl, from dist/), runs one API process
 // per setup, and drives autocannon (bench/load.ts, its own process) at each in
-// alternating rounds so that drift on a shared machine hits both alike.
+// rounds. Each round measures both setups back to back (the order alternating
+// from round to round) and gives one paired ratio; the ratio reported is the
+// median of those, so drift on a shared machine over minutes (which moved
+// one node's own rate by up to 45% between rounds of one run) hits both sides
+// of each ratio alike instead of whichever side its round landed on.
 //
 // Standalone: `node --import tsx bench/cluster.ts` builds, runs and prints one
 // JSON object. From bench/run.ts: `await benchRedisCluster({ ... })` after the
@@ -47,10 +51,21 @@ export interface ClusterBenchResult {
   readonly rounds: number;
   readonly seconds: number;
   readonly connections: number;
-  /** Single lookups, medians over the rounds. */
-  readonly single: { readonly node: ClusterLoadResult; readonly cluster: ClusterLoadResult; readonly ratio: number };
-  /** Batch lookups (requests/s of `batch` entities each), medians over the rounds. */
-  readonly batch: { readonly size: number; readonly node: ClusterLoadResult; readonly cluster: ClusterLoadResult; readonly ratio: number };
+  /** Single lookups: medians over the rounds, and the median of the rounds' paired ratios (cluster / node). */
+  readonly single: Comparison;
+  /** Batch lookups (requests/s of `batch` entities each), the same way. */
+  readonly batch: Comparison & { readonly size: number };
+}
+
+export interface Comparison {
+  readonly node: ClusterLoadResult;
+  readonly cluster: ClusterLoadResult;
+  /** Median of `ratios`. */
+  readonly ratio: number;
+  /** Each round's cluster req/s over the node's req/s, measured back to back. */
+  readonly ratios: number[];
+  /** Median over the rounds of the node's API CPU per request over the cluster's (above 1: the cluster costs the API less). */
+  readonly cpuRatio: number;
 }
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -123,8 +138,8 @@ async function stopApi(child: ChildProcess): Promise<void> {
 
 export async function benchRedisCluster(options: ClusterBenchOptions = {}): Promise<ClusterBenchResult> {
   const rows = options.rows ?? 200_000;
-  const seconds = options.seconds ?? 8;
-  const rounds = options.rounds ?? 3;
+  const seconds = options.seconds ?? 6;
+  const rounds = options.rounds ?? 5;
   const connections = options.connections ?? 32;
   const batchSize = options.batch ?? 100;
   const log = options.log ?? ((message: string) => process.stderr.write(`[bench:cluster] ${message}\n`));
@@ -183,20 +198,17 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
       runs[`${first}Batch`].push(load(ports[first], batchSize, pids[first]));
       runs[`${second}Batch`].push(load(ports[second], batchSize, pids[second]));
       const show = (r: ClusterLoadResult) => `${r.rps.toFixed(0)} req/s (${r.apiCpuUs!.toFixed(0)} µs CPU/req)`;
-      log(`round ${i + 1}: node ${show(runs.node.at(-1)!)}, cluster ${show(runs.cluster.at(-1)!)}; batches node ${show(runs.nodeBatch.at(-1)!)}, cluster ${show(runs.clusterBatch.at(-1)!)}`);
+      const ratio = (a: ClusterLoadResult[], b: ClusterLoadResult[]) => `${(b.at(-1)!.rps / a.at(-1)!.rps).toFixed(2)}×`;
+      log(
+        `round ${i + 1}: node ${show(runs.node.at(-1)!)}, cluster ${show(runs.cluster.at(-1)!)}: ${ratio(runs.node, runs.cluster)}; ` +
+          `batches node ${show(runs.nodeBatch.at(-1)!)}, cluster ${show(runs.clusterBatch.at(-1)!)}: ${ratio(runs.nodeBatch, runs.clusterBatch)}`,
+      );
     }
-    const node = medianOf(runs.node);
-    const clustered = medianOf(runs.cluster);
-    const nodeBatch = medianOf(runs.nodeBatch);
-    const clusterBatch = medianOf(runs.clusterBatch);
-    return {
-      rows,
-      rounds,
-      seconds,
-      connections,
-      single: { node, cluster: clustered, ratio: clustered.rps / node.rps },
-      batch: { size: batchSize, node: nodeBatch, cluster: clusterBatch, ratio: clusterBatch.rps / nodeBatch.rps },
+    const compare = (node: ClusterLoadResult[], clustered: ClusterLoadResult[]): Comparison => {
+      const ratios = node.map((n, i) => clustered[i]!.rps / n.rps);
+      return { node: medianOf(node), cluster: medianOf(clustered), ratio: median(ratios), ratios, cpuRatio: median(node.map((n, i) => n.apiCpuUs! / clustered[i]!.apiCpuUs!)) };
     };
+    return { rows, rounds, seconds, connections, single: compare(runs.node, runs.cluster), batch: { size: batchSize, ...compare(runs.nodeBatch, runs.clusterBatch) } };
   } finally {
     await Promise.allSettled(apis.map(stopApi));
     await Promise.allSettled([cluster.destroy(), redis.destroy(), postgres.destroy()]);
@@ -207,8 +219,8 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   execFileSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'inherit' });
   const result = await benchRedisCluster({
     rows: Number(process.env.BENCH_ROWS ?? 200_000),
-    seconds: Number(process.env.BENCH_SECONDS ?? 8),
-    rounds: Number(process.env.BENCH_ROUNDS ?? 3),
+    seconds: Number(process.env.BENCH_SECONDS ?? 6),
+    rounds: Number(process.env.BENCH_ROUNDS ?? 5),
   });
   process.stdout.write(JSON.stringify(result, null, 2) + '\n');
 }
