@@ -176,14 +176,16 @@ export class RedisClusterHotTier implements HotTier {
         const pipeline = node.pipeline();
         for (const i of indexes) add(pipeline, i);
         const results = (await pipeline.exec()) ?? [];
-        await Promise.all(
-          indexes.map(async (index, j) => {
-            const [error, value] = results[j] ?? [new Error(`Redis Cluster: ${nodeName(node)} answered ${results.length} of ${indexes.length} pipelined commands`), null];
-            if (!error) values[index] = value as T;
-            else if (NOT_HERE.test(error.message)) values[index] = await alone(index);
-            else throw error;
-          }),
-        );
+        // Checked in one pass (no promise per item: a sync sends every row through here); any other error fails
+        // the call before a redirected command is sent again.
+        const redirected: number[] = [];
+        indexes.forEach((index, j) => {
+          const [error, value] = results[j] ?? [new Error(`Redis Cluster: ${nodeName(node)} answered ${results.length} of ${indexes.length} pipelined commands`), null];
+          if (!error) values[index] = value as T;
+          else if (NOT_HERE.test(error.message)) redirected.push(index);
+          else throw error;
+        });
+        await Promise.all(redirected.map(async (index) => (values[index] = await alone(index))));
       }),
     );
     return values;
