@@ -4,11 +4,14 @@
 // three masters with one replica each, syncs the same Parquet data into both
 // setups through the real sync path (ctl, from dist/), runs one API process
 // per setup, and drives autocannon (bench/load.ts, its own process) at each in
-// rounds. Each round measures both setups back to back (the order alternating
-// from round to round) and gives one paired ratio; the ratio reported is the
-// median of those, so drift on a shared machine over minutes (which moved
-// one node's own rate by up to 45% between rounds of one run) hits both sides
-// of each ratio alike instead of whichever side its round landed on.
+// rounds. Each round of single lookups measures the setups in the order
+// A B B A (the next round B A A B) and gives one ratio, the cluster's two
+// slices over the node's two, so drift within a round cancels too; the ratio
+// reported is the median over the rounds. On a shared 2-core VM one setup's
+// own rate moves by 20-30% between slices seconds apart, so the same rounds
+// also give a control: each setup's second slice over its first, which a
+// perfect machine would put at 1.00x. Its spread is the noise floor of the
+// comparison, printed beside it. Batches are a reference: alternating pairs.
 //
 // Standalone: `node --import tsx bench/cluster.ts` builds, runs and prints one
 // JSON object. From bench/run.ts: `await benchRedisCluster({ ... })` after the
@@ -51,9 +54,9 @@ export interface ClusterBenchResult {
   readonly rounds: number;
   readonly seconds: number;
   readonly connections: number;
-  /** Single lookups: medians over the rounds, and the median of the rounds' paired ratios (cluster / node). */
+  /** Single lookups: medians over every slice, and the median of the rounds' ratios (cluster / node), with the control. */
   readonly single: Comparison;
-  /** Batch lookups (requests/s of `batch` entities each), the same way. */
+  /** Batch lookups (requests/s of `batch` entities each): alternating pairs, for reference. */
   readonly batch: Comparison & { readonly size: number };
 }
 
@@ -62,10 +65,15 @@ export interface Comparison {
   readonly cluster: ClusterLoadResult;
   /** Median of `ratios`. */
   readonly ratio: number;
-  /** Each round's cluster req/s over the node's req/s, measured back to back. */
+  /** Each round's cluster req/s over the node's req/s, from slices measured back to back. */
   readonly ratios: number[];
   /** Median over the rounds of the node's API CPU per request over the cluster's (above 1: the cluster costs the API less). */
   readonly cpuRatio: number;
+  /**
+   * The noise floor: each setup's second slice of a round over its first, for every round (single lookups only).
+   * Identical code against itself, so its spread is what the machine alone moves a ratio by.
+   */
+  readonly control?: number[];
 }
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -138,8 +146,8 @@ async function stopApi(child: ChildProcess): Promise<void> {
 
 export async function benchRedisCluster(options: ClusterBenchOptions = {}): Promise<ClusterBenchResult> {
   const rows = options.rows ?? 200_000;
-  const seconds = options.seconds ?? 6;
-  const rounds = options.rounds ?? 5;
+  const seconds = options.seconds ?? 4;
+  const rounds = options.rounds ?? 7;
   const connections = options.connections ?? 32;
   const batchSize = options.batch ?? 100;
   const log = options.log ?? ((message: string) => process.stderr.write(`[bench:cluster] ${message}\n`));
@@ -154,7 +162,7 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     return result;
   };
 
-  log(`starting Postgres, one Redis node and a 3×2 Redis Cluster; ${rows} rows, ${rounds} rounds of ${seconds} s`);
+  log(`starting Postgres, one Redis node and a 3×2 Redis Cluster; ${rows} rows, ${rounds} rounds of 4 slices of ${seconds} s`);
   const postgres = await startPostgres();
   const redis = await startRedis().catch(async (error) => {
     await postgres.destroy();
@@ -187,28 +195,41 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     apis.push(await startApi(envs.node, ports.node), await startApi(envs.cluster, ports.cluster));
     const pids = { node: apis[0]!.pid!, cluster: apis[1]!.pid! };
 
-    // Warm-up, then alternating rounds.
+    // Warm-up, then the rounds of single lookups: A B B A, then B A A B, and so on.
     load(ports.node, 0);
     load(ports.cluster, 0);
-    const runs = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], nodeBatch: [] as ClusterLoadResult[], clusterBatch: [] as ClusterLoadResult[] };
+    const show = (r: ClusterLoadResult) => `${r.rps.toFixed(0)} req/s (${r.apiCpuUs!.toFixed(0)} µs CPU/req)`;
+    const single = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], ratios: [] as number[], control: [] as number[] };
     for (let i = 0; i < rounds; i++) {
-      const [first, second] = i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const);
-      runs[first].push(load(ports[first], 0, pids[first]));
-      runs[second].push(load(ports[second], 0, pids[second]));
-      runs[`${first}Batch`].push(load(ports[first], batchSize, pids[first]));
-      runs[`${second}Batch`].push(load(ports[second], batchSize, pids[second]));
-      const show = (r: ClusterLoadResult) => `${r.rps.toFixed(0)} req/s (${r.apiCpuUs!.toFixed(0)} µs CPU/req)`;
-      const ratio = (a: ClusterLoadResult[], b: ClusterLoadResult[]) => `${(b.at(-1)!.rps / a.at(-1)!.rps).toFixed(2)}×`;
-      log(
-        `round ${i + 1}: node ${show(runs.node.at(-1)!)}, cluster ${show(runs.cluster.at(-1)!)}: ${ratio(runs.node, runs.cluster)}; ` +
-          `batches node ${show(runs.nodeBatch.at(-1)!)}, cluster ${show(runs.clusterBatch.at(-1)!)}: ${ratio(runs.nodeBatch, runs.clusterBatch)}`,
-      );
+      const [outer, inner] = i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const);
+      const slices = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[] };
+      for (const setup of [outer, inner, inner, outer]) slices[setup].push(load(ports[setup], 0, pids[setup]));
+      const sum = (results: ClusterLoadResult[]) => results.reduce((a, r) => a + r.rps, 0);
+      const ratio = sum(slices.cluster) / sum(slices.node);
+      single.ratios.push(ratio);
+      single.control.push(slices.node[1]!.rps / slices.node[0]!.rps, slices.cluster[1]!.rps / slices.cluster[0]!.rps);
+      single.node.push(...slices.node);
+      single.cluster.push(...slices.cluster);
+      log(`round ${i + 1} (${outer} ${inner} ${inner} ${outer}): node ${slices.node.map(show).join(', ')}; cluster ${slices.cluster.map(show).join(', ')}: ${ratio.toFixed(2)}×`);
     }
-    const compare = (node: ClusterLoadResult[], clustered: ClusterLoadResult[]): Comparison => {
-      const ratios = node.map((n, i) => clustered[i]!.rps / n.rps);
-      return { node: medianOf(node), cluster: medianOf(clustered), ratio: median(ratios), ratios, cpuRatio: median(node.map((n, i) => n.apiCpuUs! / clustered[i]!.apiCpuUs!)) };
+    // Batches, for reference: alternating pairs, half as many rounds (at least 2).
+    const batch = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[] };
+    for (let i = 0; i < Math.max(2, Math.ceil(rounds / 2)); i++) {
+      for (const setup of i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const)) batch[setup].push(load(ports[setup], batchSize, pids[setup]));
+      log(`batch round ${i + 1}: node ${show(batch.node.at(-1)!)}, cluster ${show(batch.cluster.at(-1)!)}: ${(batch.cluster.at(-1)!.rps / batch.node.at(-1)!.rps).toFixed(2)}×`);
+    }
+    const cpuRatio = (node: ClusterLoadResult[], clustered: ClusterLoadResult[]) => median(node.map((n, i) => n.apiCpuUs! / clustered[i]!.apiCpuUs!));
+    const singleResult: Comparison = {
+      node: medianOf(single.node),
+      cluster: medianOf(single.cluster),
+      ratio: median(single.ratios),
+      ratios: single.ratios,
+      cpuRatio: cpuRatio(single.node, single.cluster),
+      control: single.control,
     };
-    return { rows, rounds, seconds, connections, single: compare(runs.node, runs.cluster), batch: { size: batchSize, ...compare(runs.nodeBatch, runs.clusterBatch) } };
+    const batchRatios = batch.node.map((n, i) => batch.cluster[i]!.rps / n.rps);
+    const batchResult: Comparison = { node: medianOf(batch.node), cluster: medianOf(batch.cluster), ratio: median(batchRatios), ratios: batchRatios, cpuRatio: cpuRatio(batch.node, batch.cluster) };
+    return { rows, rounds, seconds, connections, single: singleResult, batch: { size: batchSize, ...batchResult } };
   } finally {
     await Promise.allSettled(apis.map(stopApi));
     await Promise.allSettled([cluster.destroy(), redis.destroy(), postgres.destroy()]);
@@ -219,8 +240,8 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   execFileSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'inherit' });
   const result = await benchRedisCluster({
     rows: Number(process.env.BENCH_ROWS ?? 200_000),
-    seconds: Number(process.env.BENCH_SECONDS ?? 6),
-    rounds: Number(process.env.BENCH_ROUNDS ?? 5),
+    seconds: Number(process.env.BENCH_SECONDS ?? 4),
+    rounds: Number(process.env.BENCH_ROUNDS ?? 7),
   });
   process.stdout.write(JSON.stringify(result, null, 2) + '\n');
 }
