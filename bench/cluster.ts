@@ -55,7 +55,13 @@ export interface ClusterBenchResult {
   readonly seconds: number;
   readonly connections: number;
   /** Single lookups: medians over every slice, and the median of the rounds' ratios (cluster / node), with the control. */
-  readonly single: Comparison;
+  readonly single: Comparison & {
+    /**
+     * The noise floor: each setup's second slice of a round over its first, for every round. Identical code against
+     * itself, so its spread is what the machine alone moves a ratio by.
+     */
+    readonly control: number[];
+  };
   /** Batch lookups (requests/s of `batch` entities each): alternating pairs, for reference. */
   readonly batch: Comparison & { readonly size: number };
 }
@@ -69,11 +75,6 @@ export interface Comparison {
   readonly ratios: number[];
   /** Median over the rounds of the node's API CPU per request over the cluster's (above 1: the cluster costs the API less). */
   readonly cpuRatio: number;
-  /**
-   * The noise floor: each setup's second slice of a round over its first, for every round (single lookups only).
-   * Identical code against itself, so its spread is what the machine alone moves a ratio by.
-   */
-  readonly control?: number[];
 }
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -151,6 +152,9 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
   const connections = options.connections ?? 32;
   const batchSize = options.batch ?? 100;
   const log = options.log ?? ((message: string) => process.stderr.write(`[bench:cluster] ${message}\n`));
+  if (!(Number.isInteger(rounds) && rounds >= 1) || !(seconds >= 1)) {
+    throw new Error(`the Redis Cluster benchmark needs at least 1 round of at least 1 s (got rounds=${rounds}, seconds=${seconds}): check BENCH_ROUNDS and BENCH_SECONDS`);
+  }
 
   const load = (port: number, batch: number, pid?: number): ClusterLoadResult => {
     const cpuBefore = pid ? cpuSeconds(pid) : 0;
@@ -218,17 +222,16 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
       for (const setup of i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const)) batch[setup].push(load(ports[setup], batchSize, pids[setup]));
       log(`batch round ${i + 1}: node ${show(batch.node.at(-1)!)}, cluster ${show(batch.cluster.at(-1)!)}: ${(batch.cluster.at(-1)!.rps / batch.node.at(-1)!.rps).toFixed(2)}×`);
     }
-    const cpuRatio = (node: ClusterLoadResult[], clustered: ClusterLoadResult[]) => median(node.map((n, i) => n.apiCpuUs! / clustered[i]!.apiCpuUs!));
-    const singleResult: Comparison = {
-      node: medianOf(single.node),
-      cluster: medianOf(single.cluster),
-      ratio: median(single.ratios),
-      ratios: single.ratios,
-      cpuRatio: cpuRatio(single.node, single.cluster),
-      control: single.control,
-    };
-    const batchRatios = batch.node.map((n, i) => batch.cluster[i]!.rps / n.rps);
-    const batchResult: Comparison = { node: medianOf(batch.node), cluster: medianOf(batch.cluster), ratio: median(batchRatios), ratios: batchRatios, cpuRatio: cpuRatio(batch.node, batch.cluster) };
+    // Slices are paired by index: the node's k-th slice of a round with the cluster's k-th.
+    const compare = (node: ClusterLoadResult[], clustered: ClusterLoadResult[], ratios: number[]): Comparison => ({
+      node: medianOf(node),
+      cluster: medianOf(clustered),
+      ratio: median(ratios),
+      ratios,
+      cpuRatio: median(node.map((n, i) => n.apiCpuUs! / clustered[i]!.apiCpuUs!)),
+    });
+    const singleResult = { ...compare(single.node, single.cluster, single.ratios), control: single.control };
+    const batchResult = compare(batch.node, batch.cluster, batch.node.map((n, i) => batch.cluster[i]!.rps / n.rps));
     return { rows, rounds, seconds, connections, single: singleResult, batch: { size: batchSize, ...batchResult } };
   } finally {
     await Promise.allSettled(apis.map(stopApi));
