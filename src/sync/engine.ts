@@ -13,7 +13,7 @@ import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
 import { asBuffer, HotRowEncoder } from '../stores/hot-value.js';
 import { valueColumn } from './duck-columns.js';
-import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, runOfTick, startRun, versionTable, type RunTrigger } from '../stores/metadata.js';
+import { DATA_SCHEMA, finishRun, isoTimeSql, META_SCHEMA, recordSkippedRun, runOfTick, startRun, versionTable, type RunOutcome, type RunTrigger } from '../stores/metadata.js';
 import type { Tracer } from '@opentelemetry/api';
 import type { Logger } from '../observability/log.js';
 import { recordPhases } from '../observability/tracing.js';
@@ -172,6 +172,8 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
   const traceRun = (failed?: string) => recordPhases(ctx.tracer, `sync ${job.view}`, { 'featurestore.job': job.view, 'featurestore.run_id': runId, 'featurestore.trigger': trigger }, started, spans, failed);
 
   let version: number | null = null;
+  /** Set once readers are switched to `version`: it is then never this run's to discard. */
+  let published = false;
   let rowsRead = 0;
   let rowsWritten = 0;
   let watermark: string | null = null;
@@ -217,7 +219,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
         await discardVersion(job.view, version, db, hot);
         details.unchanged = true;
         const current = previous.version;
-        await finishRun(db, runId, { status: 'succeeded', version: current, rowsRead, rowsWritten: 0, watermark: previous.asOf ? new Date(previous.asOf) : null, details: { ...details, phases_ms: phases } });
+        await closeRun(db, runId, { status: 'succeeded', version: current, rowsRead, rowsWritten: 0, watermark: previous.asOf ? new Date(previous.asOf) : null, details: { ...details, phases_ms: phases } });
         const summary: RunSummary = { runId, job: job.view, status: 'succeeded', version: current, rowsRead, rowsWritten: 0, watermark: previous.asOf, error: null, durationMs: Date.now() - started, details: { ...details, phases_ms: phases } };
         log.info('sync.run', { status: 'succeeded', unchanged: true, version: current, rows_read: rowsRead, duration_ms: summary.durationMs, ...summary.details });
         return summary;
@@ -246,30 +248,43 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     phase('index');
 
     await db.transaction(async (tx) => {
-      await publishVersion(tx, job.view, version!, watermark, rowCount);
-      await finishRun(tx, runId, { status: 'succeeded', version, rowsRead, rowsWritten, watermark: watermark ? new Date(watermark) : null, details: { ...details, phases_ms: phases } });
+      await publishVersion(tx, runId, job.view, version!, watermark, rowCount);
+      await closeRun(tx, runId, { status: 'succeeded', version, rowsRead, rowsWritten, watermark: watermark ? new Date(watermark) : null, details: { ...details, phases_ms: phases } });
     });
     phase('publish');
-    const reclaimed = await reclaimOldVersions(job.view, db, hot);
-    if (reclaimed.length) {
-      details.reclaimed_versions = reclaimed;
-      await db.query(`UPDATE ${META_SCHEMA}.runs SET details = details || $2::jsonb WHERE run_id = $1`, [runId, JSON.stringify({ reclaimed_versions: reclaimed })]);
+    // Readers are switched to this version now: from here on nothing may discard it, and a failure to reclaim
+    // older versions leaves the run succeeded (the next run reclaims them).
+    published = true;
+    try {
+      const reclaimed = await reclaimOldVersions(job.view, db, hot);
+      if (reclaimed.length) details.reclaimed_versions = reclaimed;
+    } catch (error) {
+      details.reclaim_failed = `older versions were not reclaimed (the next run retries): ${describeError(error)}`;
+      log.warn('sync.reclaim_failed', { version, error });
+    }
+    if (details.reclaimed_versions || details.reclaim_failed) {
+      const added = { reclaimed_versions: details.reclaimed_versions, reclaim_failed: details.reclaim_failed };
+      await db.query(`UPDATE ${META_SCHEMA}.runs SET details = details || $2::jsonb WHERE run_id = $1`, [runId, JSON.stringify(added)]).catch((error: Error) => log.warn('sync.record_failed', { error }));
     }
     traceRun();
     const summary: RunSummary = { runId, job: job.view, status: 'succeeded', version, rowsRead, rowsWritten, watermark, error: null, durationMs: Date.now() - started, details: { ...details, phases_ms: phases } };
     log.info('sync.run', { status: 'succeeded', version, rows_read: rowsRead, rows_written: rowsWritten, watermark, duration_ms: summary.durationMs, ...summary.details });
     return summary;
   } catch (caught) {
-    const error = describeError(caught);
+    let error = describeError(caught);
     phase('failed');
-    traceRun(error);
     if (caught instanceof SyncDataError) Object.assign(details, caught.details);
     // Remove what this run wrote; the previous version was never touched.
-    if (version !== null) await discardVersion(job.view, version, db, hot).catch((cleanupError) => log.warn('sync.cleanup_failed', { version, error: cleanupError }));
-    await finishRun(db, runId, { status: 'failed', version, rowsRead, rowsWritten: 0, watermark: watermark ? new Date(watermark) : null, error, details: { ...details, phases_ms: phases } }).catch((recordError) =>
-      log.error('sync.record_failed', { error: recordError }),
-    );
-    const summary: RunSummary = { runId, job: job.view, status: 'failed', version, rowsRead, rowsWritten: 0, watermark, error, durationMs: Date.now() - started, details, transient: isTransient(caught) };
+    if (version !== null && !published) await discardVersion(job.view, version, db, hot).catch((cleanupError) => log.warn('sync.cleanup_failed', { version, error: cleanupError }));
+    const recorded = await finishRun(db, runId, { status: 'failed', version, rowsRead, rowsWritten: 0, watermark: watermark ? new Date(watermark) : null, error, details: { ...details, phases_ms: phases } }).catch((recordError) => {
+      log.error('sync.record_failed', { error: recordError });
+      return true;
+    });
+    // Closed by another run while it ran: whatever broke here (its table reclaimed under it, say) follows from that.
+    const overtaken = caught instanceof RunSupersededError || !recorded;
+    if (overtaken && !(caught instanceof RunSupersededError)) error = `${superseded(runId).message} (it then failed: ${error})`;
+    traceRun(error);
+    const summary: RunSummary = { runId, job: job.view, status: 'failed', version, rowsRead, rowsWritten: 0, watermark, error, durationMs: Date.now() - started, details, transient: !overtaken && isTransient(caught) };
     log.error('sync.run', { status: 'failed', version, rows_read: rowsRead, error, duration_ms: summary.durationMs, ...details });
     return summary;
   } finally {
@@ -533,18 +548,37 @@ async function loadHotTier(conn: DuckDBConnection, job: JobDefinition, version: 
   }
 }
 
-async function publishVersion(tx: Queryable, view: string, version: number, watermark: string | null, rows: number): Promise<void> {
-  await tx.query(`UPDATE ${META_SCHEMA}.versions SET state = 'published', published_at = now(), as_of = $3, row_count = $4 WHERE view = $1 AND version = $2`, [
-    view,
-    version,
-    watermark,
-    rows,
-  ]);
+async function publishVersion(tx: Queryable, runId: number, view: string, version: number, watermark: string | null, rows: number): Promise<void> {
+  const loaded = await tx.query(
+    `UPDATE ${META_SCHEMA}.versions SET state = 'published', published_at = now(), as_of = $3, row_count = $4 WHERE view = $1 AND version = $2 AND state = 'loading' RETURNING version`,
+    [view, version, watermark, rows],
+  );
+  // Only a version still loading is published: another run reclaimed it if this run lost its job lock.
+  if (loaded.length !== 1) throw superseded(runId, `its version ${version} was reclaimed`);
   await tx.query(
     `INSERT INTO ${META_SCHEMA}.views (view, current_version, previous_version, switched_at) VALUES ($1, $2, NULL, now())
      ON CONFLICT (view) DO UPDATE SET previous_version = ${META_SCHEMA}.views.current_version, current_version = EXCLUDED.current_version, switched_at = now()`,
     [view, version],
   );
+}
+
+/**
+ * A run's lock on its job can be lost mid-run (the lock's database session
+ * killed by an idle timeout or a network reset), and then another run may
+ * start and close this one as abandoned. So the run record is closed only if
+ * it is still running, in the same transaction as the publish: a superseded
+ * run publishes nothing and fails, naming why.
+ */
+class RunSupersededError extends Error {
+  override name = 'RunSupersededError';
+}
+
+function superseded(runId: number, what?: string): RunSupersededError {
+  return new RunSupersededError(`run ${runId} was closed by another run of its job while it ran (this run's job lock was lost${what ? `; ${what}` : ''}); nothing of this run was published`);
+}
+
+async function closeRun(db: Queryable, runId: number, outcome: RunOutcome): Promise<void> {
+  if (!(await finishRun(db, runId, outcome))) throw superseded(runId);
 }
 
 async function discardVersion(view: string, version: number, db: Database, hot: HotTier): Promise<number> {

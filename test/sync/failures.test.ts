@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server.js';
+import { hotKey } from '../../src/stores/hot-tier.js';
 import { getRun, listRuns, META_SCHEMA } from '../../src/stores/metadata.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
@@ -148,5 +149,33 @@ describe('failed sync runs', () => {
     const versions = await server.db.query<{ version: number; state: string }>(`SELECT version, state FROM ${META_SCHEMA}.versions WHERE view = 'scores' ORDER BY version`);
     expect(versions.filter((v) => v.state === 'loading')).toEqual([]);
     expect(versions.filter((v) => v.state === 'published').map((v) => Number(v.version))).toEqual([3, 4]);
+  });
+
+  it('a failure after publishing (older versions cannot be reclaimed) keeps the new version served in full and the run succeeded, saying what was left; the next run reclaims it', async () => {
+    const table = async (version: number) =>
+      (await server.db.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'featurestore_data' AND tablename = $1`, [`scores__v${version}`]))[0]!.n;
+    // Redis refuses UNLINK, which reclaiming a version uses: its writes and reads still work.
+    await keys.call('ACL', 'SETUSER', 'default', '-unlink');
+    try {
+      await publishSource(rowsSql(1000, 'i * 5.0'));
+      const summary = await server.runner.run('scores', 'manual');
+      expect(summary).toMatchObject({ status: 'succeeded', version: 5 });
+      expect(summary.details.reclaim_failed).toMatch(/older versions were not reclaimed \(the next run retries\): .*unlink/i);
+      expect(await getRun(server.db, summary.runId)).toMatchObject({ status: 'succeeded', version: 5, details: { reclaim_failed: summary.details.reclaim_failed } });
+      // The published version is whole in Postgres: a Redis miss is answered from it, and an unknown id is still a 404.
+      expect(await table(5)).toBe(1);
+      await keys.del(hotKey('scores', 5, 'k500'));
+      await expect.poll(async () => (await fetchScores(sample)).version, { timeout: 5_000 }).toBe('5');
+      const { body } = await fetchScores(['k500', 'k1000', 'k5000']);
+      expect(body.results.map((r) => [r.status, r.features?.score])).toEqual([['PRESENT', 2500], ['PRESENT', 5000], ['NOT_FOUND', undefined]]);
+    } finally {
+      await keys.call('ACL', 'SETUSER', 'default', '+unlink');
+    }
+    await publishSource(rowsSql(1000, 'i * 6.0'));
+    const next = await server.runner.run('scores', 'manual');
+    expect(next).toMatchObject({ status: 'succeeded', version: 6 });
+    expect(next.details.reclaimed_versions).toEqual([{ version: 3, hot_keys: expect.any(Number) }, { version: 4, hot_keys: expect.any(Number) }]);
+    expect(next.details.reclaim_failed).toBeUndefined();
+    expect([await table(3), await table(4), await table(5), await table(6)]).toEqual([0, 0, 1, 1]);
   });
 });
