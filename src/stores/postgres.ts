@@ -131,7 +131,11 @@ export class PostgresDatabase implements Database {
         }
         released = true;
         client.off('error', onClientError);
-        client.release();
+        // The pool's statement bound applies again to whatever uses this connection next.
+        await client.query('RESET statement_timeout').then(
+          () => client.release(),
+          (error: Error) => client.release(error),
+        );
         return Number(stream.rowCount);
       },
       async abort(reason) {
