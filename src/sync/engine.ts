@@ -381,7 +381,8 @@ async function mergeDelta(
     const inserted = Number(up!.inserted);
     const updated = Number(up!.updated);
     const deleted = Number(gone!.deleted);
-    const [after] = await db.query<{ rows: number; as_of: string | null }>(`SELECT count(*) AS rows, ${isoTimeSql('max(event_time)')} AS as_of FROM ${table}`);
+    // As for snapshots (STATS_SQL), the as-of time is never later than the run.
+    const [after] = await db.query<{ rows: number; as_of: string | null }>(`SELECT count(*) AS rows, ${isoTimeSql('least(max(event_time), now())')} AS as_of FROM ${table}`);
     const rows = Number(after!.rows);
     if (rows !== previous.rows + inserted - deleted) throw new Error(`row counts disagree after the merge: ${previous.rows} + ${inserted} inserted - ${deleted} deleted != ${rows}; nothing was published`);
     const changes = inserted + updated + deleted;

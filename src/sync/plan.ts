@@ -156,8 +156,10 @@ const EPOCH_WINDOW_TEXT = '1973-03-03 and 2200-01-01';
 
 function timeExpression(column: string, unit: EpochUnit | undefined): string {
   if (!unit) return `CAST(t.${column} AS TIMESTAMPTZ)`;
-  // Out-of-range numbers become NULL (and so a reject), never an overflow error.
-  return `CAST(make_timestamp(TRY_CAST(round(t.${column} * ${MICROS_PER_UNIT[unit]}) AS BIGINT)) AS TIMESTAMPTZ)`;
+  // Out-of-range numbers become NULL (and so a reject), never an overflow error: the scaling is done in DOUBLE, not
+  // in the column's own integer type (INT32 seconds times a million overflows), and is exact for every epoch time up
+  // to 2200 in microseconds (below 2^53).
+  return `CAST(make_timestamp(TRY_CAST(round(CAST(t.${column} AS DOUBLE) * ${MICROS_PER_UNIT[unit]}) AS BIGINT)) AS TIMESTAMPTZ)`;
 }
 
 /** `projected`: the source cast to the contract, with the two fixed columns first. */
@@ -239,20 +241,29 @@ function rejectCase(job: JobDefinition): string {
 
 /**
  * `checked`: the projected rows with the reason each broken row is rejected
- * for. `since` (incremental runs) keeps only rows after that instant, and rows
- * without an event time, so that those are rejected rather than skipped.
+ * for. `since` (incremental runs) keeps only rows from that instant on, and
+ * rows whose event time is no time at all (null, or an epoch number outside
+ * the sane window: one in the wrong unit lands in 1970), so that those are
+ * rejected rather than skipped: a unit switch in new rows cannot vanish.
  */
 export function checkedSql(job: JobDefinition, since: string | null): string {
-  const window = since ? ` WHERE event_time IS NULL OR event_time > ${sqlString(since)}::TIMESTAMPTZ` : '';
+  const insane = job.eventTimeUnit ? ` OR epoch(event_time) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS}` : '';
+  const window = since ? ` WHERE event_time IS NULL OR event_time >= ${sqlString(since)}::TIMESTAMPTZ${insane}` : '';
   return `SELECT *, ${rejectCase(job)} AS reject FROM projected${window}`;
 }
 
-/** One aggregate pass over `checked`: counts, duplicates and the watermark of the rows that will load. */
+/**
+ * One aggregate pass over `checked`: counts, duplicates and the watermark of
+ * the rows that will load. The watermark is never later than the run: rows up
+ * to a day ahead are accepted (clock skew), but one of them must not make the
+ * version look fresher than it is, nor start the next incremental window
+ * after rows that have yet to arrive.
+ */
 export const STATS_SQL = `SELECT
     count(*) AS rows,
     count(reject) AS rejected,
     count(DISTINCT entity_id) FILTER (WHERE reject IS NULL) AS entities,
-    strftime(max(event_time) FILTER (WHERE reject IS NULL), ${ISO_UTC_DUCK}) AS watermark
+    strftime(least(max(event_time) FILTER (WHERE reject IS NULL), now()), ${ISO_UTC_DUCK}) AS watermark
   FROM checked`;
 
 export const REJECT_SUMMARY_SQL = `SELECT reject, count(*) AS n FROM checked WHERE reject IS NOT NULL GROUP BY reject ORDER BY n DESC, reject LIMIT 5`;

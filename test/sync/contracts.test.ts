@@ -129,6 +129,15 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       expect(await served('c_epoch', ['k1'])).toEqual({ version: 1, rows: [{ score: 1 }] });
     });
 
+    it('reads epoch seconds stored as 32-bit integers, and turns a number in another unit into a reject, never an overflow', async () => {
+      const int32 = await sync({ ...(epochJob('s') as object), view: 'c_epoch32' } as never, `SELECT 'k' || i AS id, (1767225600 + i * 60)::INTEGER AS ts, i * 1.0 AS score FROM range(1, 21) t(i)`);
+      expect(int32.summary).toMatchObject({ status: 'succeeded', rowsWritten: 20, watermark: '2026-01-01T00:20:00.000000Z' });
+      // One value in microseconds among seconds: a million times too large for any time.
+      const mixed = await sync({ ...(epochJob('s') as object), view: 'c_epoch_mixed', max_reject_share: 0.1 } as never, `SELECT 'k' || i AS id, CASE WHEN i = 3 THEN (1767225600 + i * 60) * 1000000 ELSE 1767225600 + i * 60 END::BIGINT AS ts, i * 1.0 AS score FROM range(1, 21) t(i)`);
+      expect(mixed.summary).toMatchObject({ status: 'succeeded', rowsWritten: 19, details: { rows_rejected: 1 } });
+      expect(await rejectsOf(mixed.summary.runId)).toMatchObject([{ entity_id: 'k3', column_name: 'ts', reason: 'the event time is null or not an epoch time in seconds' }]);
+    });
+
     it('asks for a unit when an epoch number has none declared', async () => {
       const { summary } = await sync({ view: 'c_epoch2', entity_key: 'id', event_time: 'ts', features: { score: { type: 'double' } } }, epochRows(''));
       expect(summary.error).toMatch(/event-time column "ts" holds BIGINT numbers; if they are epoch times, declare their unit \(event_time: \{ column: ts, unit: s \| ms \| us \}\)/);
@@ -237,6 +246,41 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       // Version 3 was allocated by the replay and discarded: numbers only grow, with gaps.
       expect(late.summary).toMatchObject({ status: 'succeeded', version: 4, details: { updated: 1, inserted: 0 } });
       expect(await readBoth(['k1', 'k3'])).toEqual({ version: 4, scores: [10, 33] });
+    });
+
+    it('reads rows at the window start itself, so a late row with the last batch time is not lost with lookback 0', async () => {
+      const exact = { ...(inc as object), view: 'c_inc0', lookback: 0 } as never;
+      const rows = (...values: string[]) => `SELECT * FROM (VALUES ${values.join(', ')}) v(id, t, score, gone)`;
+      const a = `('a', TIMESTAMP '2026-02-01 10:00', 1.0, false)`;
+      expect((await sync(exact, rows(a))).summary).toMatchObject({ status: 'succeeded', version: 1, watermark: '2026-02-01T10:00:00.000000Z' });
+      const late = await sync(exact, rows(a, `('b', TIMESTAMP '2026-02-01 10:00', 2.0, false)`));
+      expect(late.summary).toMatchObject({ status: 'succeeded', version: 2, details: { window_start: '2026-02-01T10:00:00.000Z', inserted: 1, unchanged: 1 } });
+      expect(await served('c_inc0', ['a', 'b'])).toEqual({ version: 2, rows: [{ score: 1 }, { score: 2 }] });
+    });
+
+    it('keeps the as-of time at the run when a row is a few hours ahead, so the next window still reads what arrives meanwhile', async () => {
+      const ahead = { ...(inc as object), view: 'c_inc_ahead' } as never;
+      const started = Date.now();
+      const first = await sync(ahead, `SELECT * FROM (VALUES ('a', now() + INTERVAL 20 HOUR, 1.0, false), ('b', now() - INTERVAL 1 HOUR, 2.0, false)) v(id, t, score, gone)`);
+      expect(first.summary).toMatchObject({ status: 'succeeded', rowsWritten: 2 });
+      expect(Date.parse(first.summary.watermark!)).toBeGreaterThanOrEqual(started - 1000);
+      expect(Date.parse(first.summary.watermark!)).toBeLessThanOrEqual(Date.now());
+      // A new entity a minute old arrives: inside the window (as-of minus the 1 h lookback), so it is read.
+      const next = await sync(ahead, `SELECT * FROM (VALUES ('a', now() + INTERVAL 20 HOUR, 1.0, false), ('b', now() - INTERVAL 1 HOUR, 2.0, false), ('c', now() - INTERVAL 1 MINUTE, 3.0, false)) v(id, t, score, gone)`);
+      expect(next.summary).toMatchObject({ status: 'succeeded', details: { inserted: 1 } });
+      expect((await served('c_inc_ahead', ['a', 'b', 'c'])).rows).toEqual([{ score: 1 }, { score: 2 }, { score: 3 }]);
+    });
+
+    it('rejects new rows whose epoch times switched unit, rather than skipping them as older than the window', async () => {
+      const epochInc = { view: 'c_inc_epoch', entity_key: 'id', event_time: { column: 'ts', unit: 'ms' }, mode: 'incremental', lookback: '1h', features: { score: { type: 'double' } } } as never;
+      const ms = (from: number, to: number) => `SELECT 'k' || i AS id, (1767225600 + i * 60)::BIGINT * 1000 AS ts, i * 1.0 AS score FROM range(${from}, ${to}) t(i)`;
+      expect((await sync(epochInc, ms(1, 101))).summary).toMatchObject({ status: 'succeeded', rowsWritten: 100 });
+      // 40 new rows now in seconds: read as milliseconds they fall in January 1970, long before the window.
+      const switched = await sync(epochInc, `${ms(1, 101)} UNION ALL SELECT 'k' || i AS id, (1767225600 + i * 60)::BIGINT AS ts, i * 2.0 AS score FROM range(101, 141) t(i)`);
+      expect(switched.summary.status).toBe('failed');
+      expect(switched.summary.error).toMatch(/40 of \d+ rows .* broke its constraints/);
+      expect(switched.summary.error).toMatch(/ts: the epoch time is not between 1973-03-03 and 2200-01-01/);
+      expect((await served('c_inc_epoch', ['k1', 'k101'])).rows).toEqual([{ score: 1 }, null]);
     });
 
     it('backfills from a given instant idempotently', async () => {
