@@ -402,7 +402,7 @@ async function mergeDelta(
 
 /** Keeps a sample of rejected rows in Postgres, whatever the run's outcome, so the reason can be inspected. */
 async function recordRejects(conn: DuckDBConnection, db: Database, job: JobDefinition, runId: number, stats: RunStats): Promise<void> {
-  const summary = (await conn.runAndReadAll(REJECT_SUMMARY_SQL)).getRowObjectsJS() as { reject: string; n: unknown }[];
+  const summary = (await conn.runAndReadAll(REJECT_SUMMARY_SQL)).getRowObjectsJS() as { reject: string; n: unknown; example: string | null }[];
   const sample = (await conn.runAndReadAll(REJECT_SAMPLE_SQL)).getRowObjectsJS() as { entity_id: string | null; column_name: string; reason: string }[];
   await db.query(
     `INSERT INTO ${META_SCHEMA}.rejects (run_id, job, entity_id, column_name, reason)

@@ -266,7 +266,9 @@ export const STATS_SQL = `SELECT
     strftime(least(max(event_time) FILTER (WHERE reject IS NULL), now()), ${ISO_UTC_DUCK}) AS watermark
   FROM checked`;
 
-export const REJECT_SUMMARY_SQL = `SELECT reject, count(*) AS n FROM checked WHERE reject IS NOT NULL GROUP BY reject ORDER BY n DESC, reject LIMIT 5`;
+/** The commonest reasons, each with one example value: rows with different values but the same broken rule count together. */
+export const REJECT_SUMMARY_SQL = `SELECT regexp_replace(reject, ' \\(got .*?\\)', '') AS reject, count(*) AS n, nullif(max(regexp_extract(reject, '\\(got .*?\\)')), '') AS example
+  FROM checked WHERE reject IS NOT NULL GROUP BY 1 ORDER BY n DESC, 1 LIMIT 5`;
 
 /** Rejected rows kept for inspection per run; all are counted. */
 export const REJECT_SAMPLE_LIMIT = 1000;
@@ -290,13 +292,14 @@ export function toRunStats(row: Record<string, unknown>): RunStats {
 }
 
 /** Fails when rejected rows pass the view's limit, naming the commonest reasons. */
-export function judgeRejects(job: JobDefinition, stats: RunStats, summary: { reject: string; n: unknown }[]): void {
+export function judgeRejects(job: JobDefinition, stats: RunStats, summary: { reject: string; n: unknown; example: string | null }[]): void {
   if (stats.rejected === 0) return;
   const share = stats.rejected / stats.rowsRead;
   if (share <= job.maxRejectShare) return;
   const reasons = summary.map((r) => {
     const [column, reason] = r.reject.split('|');
-    return `${Number(r.n)} × ${column}: ${reason}`;
+    // The example is "(got …)".
+    return `${Number(r.n)} × ${column}: ${reason}${r.example ? ` (e.g. ${r.example.slice(1)}` : ''}`;
   });
   throw new SyncDataError(
     `${stats.rejected} of ${stats.rowsRead} rows (${(share * 100).toFixed(2)}%) of view "${job.view}" broke its constraints; the limit (max_reject_share) is ${(job.maxRejectShare * 100).toFixed(2)}%. Commonest: ${reasons.join('; ')}`,
