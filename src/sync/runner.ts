@@ -9,7 +9,7 @@ import type { Config } from '../config/index.js';
 import type { JobDefinition } from '../jobs/definition.js';
 import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
-import { finishRun, recordSkippedRun, type RunTrigger } from '../stores/metadata.js';
+import { finishRun, getRun, recordSkippedRun, type RunTrigger } from '../stores/metadata.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { ChildMessage, ChildRequest } from './child.js';
@@ -135,13 +135,22 @@ export class SyncRunner {
           await host?.release();
           if (summary) return resolve(summary);
           const timedOut = Date.now() - started >= config.syncTimeoutMs;
-          const error = this.abandonReason
-            ? `${this.abandonReason}; nothing of it was published`
-            : timedOut
-              ? `the run exceeded SYNC_TIMEOUT_SECONDS (${config.syncTimeoutMs / 1000} s) and was stopped; nothing of it was published`
-              : `the sync process exited (${signal ?? `code ${code}`}) before finishing; nothing of it was published`;
+          const died =
+            this.abandonReason ?? (timedOut ? `the run exceeded SYNC_TIMEOUT_SECONDS (${config.syncTimeoutMs / 1000} s) and was stopped` : `the sync process exited (${signal ?? `code ${code}`}) before finishing`);
+          let error = `${died}; nothing of it was published`;
           // The child's lock died with it (or with its connection); close its run record here.
-          if (runId !== undefined) await finishRun(db, runId, { status: 'failed', error }).catch(() => undefined);
+          const closed = runId === undefined || (await finishRun(db, runId, { status: 'failed', error }).catch(() => true));
+          // Already closed: the child published (then died reclaiming older versions, say) or recorded its failure
+          // before it died. Its record says what happened, not this guess.
+          const record = closed ? undefined : await getRun(db, runId!).catch(() => undefined);
+          if (record?.status === 'succeeded') {
+            log.warn('sync.run', { job: job.view, run_id: runId, status: 'succeeded', version: record.version, error: `${died} after publishing` });
+            return resolve({
+              runId: runId!, job: job.view, status: 'succeeded', version: record.version, rowsRead: record.rowsRead ?? 0, rowsWritten: record.rowsWritten ?? 0,
+              watermark: record.watermark?.toISOString() ?? null, error: null, durationMs: Date.now() - started, details: { ...record.details, process_exited_after_publish: died },
+            });
+          }
+          if (record?.error) error = `${died}; the run was already closed as ${record.status}: ${record.error}`;
           log.error('sync.run', { job: job.view, run_id: runId, status: 'failed', error });
           resolve({ runId: runId ?? -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error, durationMs: Date.now() - started, details: {} });
         })();

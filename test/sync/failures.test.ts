@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { rename } from 'node:fs/promises';
 import path from 'node:path';
 import { Redis } from 'ioredis';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { hotKey } from '../../src/stores/hot-tier.js';
@@ -177,5 +178,26 @@ describe('failed sync runs', () => {
     expect(next.details.reclaimed_versions).toEqual([{ version: 3, hot_keys: expect.any(Number) }, { version: 4, hot_keys: expect.any(Number) }]);
     expect(next.details.reclaim_failed).toBeUndefined();
     expect([await table(3), await table(4), await table(5), await table(6)]).toEqual([0, 0, 1, 1]);
+  });
+
+  it('a sync process that dies after publishing (while reclaiming) is reported as the success its record holds', async () => {
+    // A reader's open transaction holds version 5's table, so the reclaim's DROP waits there.
+    const reader = new pg.Client({ connectionString: database.url });
+    await reader.connect();
+    try {
+      await reader.query('BEGIN');
+      await reader.query('SELECT 1 FROM featurestore_data.scores__v5 LIMIT 1');
+      await publishSource(rowsSql(1000, 'i * 7.0'));
+      const run = server.runner.run('scores', 'manual');
+      await expect.poll(async () => (await listRuns(server.db, 'scores', 1))[0], { timeout: 30_000, interval: 20 }).toMatchObject({ status: 'succeeded', version: 7 });
+      process.kill(Number(execFileSync('pgrep', ['-P', String(process.pid), '-f', 'sync/child'], { encoding: 'utf8' }).trim().split('\n')[0]), 'SIGKILL');
+      const summary = await run;
+      expect(summary).toMatchObject({ status: 'succeeded', version: 7, rowsWritten: 1000, error: null });
+      expect(summary.details.process_exited_after_publish).toMatch(/the sync process exited \(SIGKILL\) before finishing/);
+      await expect.poll(async () => (await fetchScores(['k1'])).version, { timeout: 5_000 }).toBe('7');
+      expect((await fetchScores(['k1'])).body.results[0]!.features!.score).toBe(7);
+    } finally {
+      await reader.end();
+    }
   });
 });
