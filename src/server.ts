@@ -2,11 +2,14 @@
 // With WEB_CONCURRENCY > 1 (servers), main() runs a cluster (src/cluster.ts).
 import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
+import { maxHeaderSize } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { serve, type ServerType } from '@hono/node-server';
 import type { Hono } from 'hono';
 import { createApp } from './api/app.js';
+import { clientErrorResponse } from './api/problem.js';
 import { announceReady, clusterWorker, servingOnly, startPrimary, WorkerStartError, type ClusterWorkerHooks } from './cluster.js';
 import { ConfigError, loadConfig, type Config } from './config/index.js';
 import { JobDefinitionError, loadJobDefinitions } from './jobs/definition.js';
@@ -137,6 +140,17 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const server: ServerType = await new Promise((resolve, reject) => {
     const fetch = overrides.cluster ? overrides.cluster.attach({ metrics, slo, catalog }, app.fetch) : app.fetch;
     const s = serve({ fetch, port: config.port, hostname: config.host }, () => resolve(s));
+    // What Node's parser refuses (oversized headers, malformed requests) is answered as a problem too, not
+    // with Node's bare status line. As Node does itself, nothing is written to a socket that is gone or
+    // already carries a response.
+    s.on('clientError', (error: NodeJS.ErrnoException, socket: Duplex) => {
+      const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+      if (error.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
+        socket.destroy();
+        return;
+      }
+      socket.end(clientErrorResponse(error, maxHeaderSize));
+    });
     s.once('error', (error: NodeJS.ErrnoException) => {
       catalog.stop();
       void Promise.allSettled([db.close(), hot.close(), listener?.close(), replicas?.close()]);

@@ -48,13 +48,17 @@ export function freshnessOf(view: ServedView, version: ServedVersion, now: numbe
 /**
  * Freshness headers. The data's age goes in Feature-Age, never in Age (which
  * tells caches how long a response sat in a cache). Cache-Control lets a
- * client keep a fresh answer until the next scheduled sync could replace it.
+ * client keep a fresh answer until the next scheduled sync could replace it
+ * or it would go stale, whichever comes first.
  */
 export function freshnessHeaders(headers: Record<string, string>, view: ServedView, version: ServedVersion, meta: FreshnessMetadata, nextRun: Date | null, now: number): void {
   const texts = textsOf(version);
   const untilNextRun = nextRun ? Math.max(0, Math.floor((nextRun.getTime() - now) / 1000)) : 0;
+  const untilStale = Math.max(0, meta.freshness_objective_seconds - meta.age_seconds);
+  const maxAge = Math.min(untilNextRun, untilStale);
   headers['Last-Modified'] = texts.lastModified;
-  headers['Cache-Control'] = meta.fresh ? `private, max-age=${untilNextRun}` : 'private, no-cache';
+  // With no time left to keep it, a fresh answer is revalidated like a stale one.
+  headers['Cache-Control'] = meta.fresh && maxAge > 0 ? `private, max-age=${maxAge}` : 'private, no-cache';
   headers['Feature-View'] = view.job.view;
   headers['Feature-Version'] = texts.version;
   headers['Feature-As-Of'] = meta.as_of ?? meta.published_at;

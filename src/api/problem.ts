@@ -1,6 +1,7 @@
 // Owns error responses: one typed error, mapped in one place to RFC 9457
 // application/problem+json with a stable type URI per kind. Nothing internal
 // (stack, SQL, host names) ever reaches a response.
+import { STATUS_CODES } from 'node:http';
 import type { Context } from 'hono';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 
@@ -17,6 +18,8 @@ export const PROBLEM_KINDS = {
   'method-not-allowed': { status: 405, title: 'Method not allowed' },
   'rate-limited': { status: 429, title: 'Too many requests for this API key' },
   'payload-too-large': { status: 413, title: 'Request body too large' },
+  'headers-too-large': { status: 431, title: 'Request headers too large' },
+  'request-timeout': { status: 408, title: 'The request did not arrive in time' },
   'unsupported-media-type': { status: 415, title: 'Unsupported media type' },
   'view-not-ready': { status: 503, title: 'The view has no published version yet' },
   'store-unavailable': { status: 503, title: 'The feature stores are unavailable' },
@@ -44,8 +47,28 @@ export class ApiError extends Error {
   }
 }
 
+/** The problem+json body; `instance` is the request path, absent when no request could be read. */
+function problemBody(kind: ProblemKind, detail: string, instance: string | undefined, extra: Record<string, unknown> = {}): string {
+  const { status, title } = PROBLEM_KINDS[kind];
+  return JSON.stringify({ type: problemType(kind), title, status, detail, instance, ...extra });
+}
+
 export function problemResponse(c: Context, error: ApiError): Response {
-  const { status, title } = PROBLEM_KINDS[error.kind];
-  const body = { type: problemType(error.kind), title, status, detail: error.detail, instance: c.req.path, ...error.extra };
-  return c.body(JSON.stringify(body), status, { 'Content-Type': 'application/problem+json', 'Cache-Control': 'no-store', ...error.headers });
+  return c.body(problemBody(error.kind, error.detail, c.req.path, error.extra), error.status, { 'Content-Type': 'application/problem+json', 'Cache-Control': 'no-store', ...error.headers });
+}
+
+/**
+ * The whole HTTP/1.1 response, as bytes for the socket, to a request Node's parser refused (the server's
+ * 'clientError'): there is no request for the app to answer, but the answer is still a problem.
+ */
+export function clientErrorResponse(error: NodeJS.ErrnoException, maxHeaderBytes: number): string {
+  const [kind, detail]: [ProblemKind, string] =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? ['headers-too-large', `the request's headers are larger than the ${maxHeaderBytes}-byte limit; send fewer or shorter headers`]
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? ['request-timeout', 'the request was not received completely in time; send it again without pausing']
+        : ['invalid-request', 'the request could not be parsed as HTTP/1.1; check the request line, the headers and the body framing'];
+  const body = problemBody(kind, detail, undefined);
+  const { status } = PROBLEM_KINDS[kind];
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n${body}`;
 }

@@ -536,7 +536,8 @@ export interface components {
         "Last-Modified": string;
         /**
          * @description `private, max-age=N` while the data is fresh, N being the seconds until the
-         *     view's next scheduled sync; `private, no-cache` once it is stale.
+         *     view's next scheduled sync or until the data goes stale, whichever comes
+         *     first; `private, no-cache` once it is stale (or N would be 0).
          */
         "Cache-Control": string;
         /** @description The view that answered. */

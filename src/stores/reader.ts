@@ -90,8 +90,18 @@ export class FeatureReader implements FeatureSource {
         timings.hot = performance.now() - started;
         missing = [];
         values.forEach((value, i) => {
-          if (value === null) missing.push(i);
-          else rows[i] = decodeHotValue(value);
+          if (value === null) {
+            missing.push(i);
+            return;
+          }
+          try {
+            rows[i] = decodeHotValue(value);
+          } catch (error) {
+            // A value that cannot be decoded (corrupt, or from an unknown release) is read from Postgres
+            // like a miss, and the fill below rewrites it; the hot tier itself answered, so it stays in use.
+            missing.push(i);
+            this.options.onHotError?.(error as Error);
+          }
         });
         tier = this.hot.kind;
         this.hotOpenUntil = 0;

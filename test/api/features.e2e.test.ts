@@ -1,9 +1,12 @@
 // End to end through the generated SDK: Parquet → sync → Postgres + Redis →
 // HTTP, against real servers. Every response is checked against openapi.yaml.
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server.js';
 import { createFeatureClient } from '../../src/sdk/client.js';
+import { hotKey } from '../../src/stores/hot-tier.js';
+import { HOT_FORMAT } from '../../src/stores/hot-value.js';
 import { freshDatabase } from '../support/db.js';
 import { duck, serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
 import { assertMatchesSpec } from '../support/openapi.js';
@@ -36,6 +39,8 @@ const ACCOUNTS_SQL = `
 const ITEM_FEATURES = ['clicks', 'score', 'active', 'label', 'last_seen', 'big', 'frac'] as const;
 
 type Expected = { eventTime: string; features: Record<string, unknown> };
+
+const hotTierErrors = (metrics: string) => Number(/^featurestore_hot_tier_errors_total (\d+)/m.exec(metrics)?.[1] ?? 0);
 
 describe('features API end to end (real Postgres and Redis, through the SDK)', () => {
   let redis: RedisServer;
@@ -146,8 +151,10 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     expect(Number(h.get('Feature-Age'))).toBe(data!.metadata.age_seconds);
     expect(h.get('Age')).toBeNull();
     expect(new Date(h.get('Last-Modified')!).getTime()).toBe(Math.floor(Date.parse(asOf) / 1000) * 1000);
-    // Fresh data may be cached until the next scheduled sync (every 5 minutes here).
-    const maxAge = Number(/max-age=(\d+)/.exec(h.get('Cache-Control')!)![1]);
+    // Fresh data may be cached until the next scheduled sync (every 5 minutes here); no-cache in its last second.
+    const cacheControl = h.get('Cache-Control')!;
+    expect(cacheControl).toMatch(/^private, (max-age=\d+|no-cache)$/);
+    const maxAge = Number(/max-age=(\d+)/.exec(cacheControl)?.[1] ?? 0);
     expect(maxAge).toBeGreaterThanOrEqual(0);
     expect(maxAge).toBeLessThanOrEqual(300);
 
@@ -202,6 +209,35 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     ]);
     const present = data!.results[1]!;
     expect(present.status === 'PRESENT' && present.features.big).toBe(9007199254740991);
+  });
+
+  it('reads an undecodable Redis value from Postgres, serves the entities after it, and repairs the key', async () => {
+    const probe = new Redis(redis.url);
+    try {
+      const errorsBefore = hotTierErrors(await (await fetch(`${baseUrl}/metrics`)).text());
+      // Bytes no release ever wrote (a corrupted or foreign value) for e000041, between two good ones.
+      await probe.set(hotKey('items', 1, 'e000041'), Buffer.from([0x7f, 0x00]));
+      const batch = await client.POST('/features/v1/batch', { body: { view: 'items', entity_ids: ['e000040', 'e000041', 'e000042'] } });
+      expect(batch.response.status).toBe(200);
+      expect(batch.response.headers.get('Feature-Tier')).toBe('postgres');
+      expect(batch.data!.results.map((r) => [r.entity_id, r.status, r.status === 'PRESENT' ? r.features : null])).toEqual(
+        ['e000040', 'e000041', 'e000042'].map((id) => [id, 'PRESENT', expected.get(id)!.features]),
+      );
+      expect(hotTierErrors(await (await fetch(`${baseUrl}/metrics`)).text())).toBe(errorsBefore + 1);
+
+      // The single lookup too; the read from Postgres filled the key back with a good value.
+      await probe.set(hotKey('items', 1, 'e000043'), Buffer.from([0x7f, 0x00]));
+      const single = await client.GET('/features/v1/{entity_id}', { params: { path: { entity_id: 'e000043' }, query: { view: 'items' } } });
+      expect(single.response.status).toBe(200);
+      expect(single.response.headers.get('Feature-Tier')).toBe('postgres');
+      expect(single.data!.features).toEqual(expected.get('e000043')!.features);
+      await expect.poll(async () => (await probe.getBuffer(hotKey('items', 1, 'e000043')))?.[0], { timeout: 5_000 }).toBe(HOT_FORMAT);
+      const repaired = await client.GET('/features/v1/{entity_id}', { params: { path: { entity_id: 'e000043' }, query: { view: 'items' } } });
+      expect(repaired.response.headers.get('Feature-Tier')).toBe('redis');
+      expect(repaired.data!.features).toEqual(expected.get('e000043')!.features);
+    } finally {
+      probe.disconnect();
+    }
   });
 
   it('answers 404 for an unknown entity and for an unknown route, as problem+json', async () => {

@@ -1,6 +1,7 @@
 // API keys: hashed in Postgres, scoped to views, effective without restart;
 // and an attack suite of missing, wrong, revoked and other-view keys and of
 // hostile input, each answered with the right 4xx problem, never a 5xx.
+import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server.js';
@@ -111,9 +112,31 @@ describe('API keys and hostile input', () => {
       expect(strip(existing)).toEqual(strip(missing));
     });
 
-    it('oversized headers are refused by the HTTP layer (431), not served', async () => {
+    it('oversized headers are refused by the HTTP layer (431), not served, as problem+json', async () => {
       const response = await fetch(`${baseUrl}/features/v1/i1?view=items`, { headers: { Authorization: `Bearer ${itemsKey}`, 'X-Padding': 'x'.repeat(20_000) } });
       expect(response.status).toBe(431);
+      expect(response.headers.get('Content-Type')).toBe('application/problem+json');
+      expect(response.headers.get('Connection')).toBe('close');
+      const body = await response.text();
+      expect(JSON.parse(body)).toMatchObject({ type: 'urn:feature-serving:problem:headers-too-large', status: 431, detail: expect.stringMatching(/headers .* larger than the \d+-byte limit/) });
+      expect(body).not.toContain(itemsKey);
+    });
+
+    it('a request that is not HTTP is answered 400 as problem+json, and the connection closed', async () => {
+      const raw = await new Promise<string>((resolve, reject) => {
+        const socket = net.connect(Number(new URL(baseUrl).port), '127.0.0.1');
+        let received = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (chunk: string) => (received += chunk));
+        socket.on('end', () => resolve(received));
+        socket.on('error', reject);
+        socket.write('GET /features/v1/i1 HTTP/1.1\r\nHost: x\r\nBad Header Without Colon\r\n\r\n');
+      });
+      const [head, body] = raw.split('\r\n\r\n', 2) as [string, string];
+      expect(head).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+      expect(head).toMatch(/\r\nContent-Type: application\/problem\+json\r\n/i);
+      expect(head).toMatch(/\r\nConnection: close(\r\n|$)/i);
+      expect(JSON.parse(body)).toMatchObject({ type: 'urn:feature-serving:problem:invalid-request', status: 400, detail: expect.stringMatching(/could not be parsed as HTTP/) });
     });
   });
 
