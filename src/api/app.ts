@@ -186,7 +186,8 @@ export function createApp(deps: AppDeps): Hono {
       log.error('http.store_unavailable', { request_id: c.get('requestId'), error });
       return problemResponse(c, new ApiError('store-unavailable', 'the feature stores did not answer; retry shortly', {}, { 'Retry-After': '1' }));
     }
-    log.error('http.unhandled', { request_id: c.get('requestId'), path: c.req.path, error });
+    // The route template, not the path: a path carries the entity id, which logs never do.
+    log.error('http.unhandled', { request_id: c.get('requestId'), method: c.req.method, route: routePath(c, -1), error });
     return problemResponse(c, new ApiError('internal', 'an unexpected error occurred; it has been logged with this request id', { request_id: c.get('requestId') }));
   });
   return app;
