@@ -187,7 +187,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     const { ignoredColumns } = checkContract(job, columns);
     if (ignoredColumns.length) details.ignored_columns = ignoredColumns;
     const previous = await currentVersion(db, job.view);
-    if (previous) checkCompatibility(job, previous.features);
+    if (previous) checkCompatibility(job, previous.features, job.mode === 'incremental');
     const mediansSql = epochMediansSql(job);
     if (mediansSql) judgeEpochUnits(job, await queryOne(conn, mediansSql));
     // Incremental runs on top of a published version read only rows past its

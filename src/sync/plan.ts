@@ -116,7 +116,7 @@ export function checkContract(job: JobDefinition, columns: readonly SourceColumn
  * A published view's contract may grow (new features) but never silently
  * break: a removed or retyped feature must be published as a new view.
  */
-export function checkCompatibility(job: JobDefinition, published: readonly { name: string; type: FeatureType }[]): void {
+export function checkCompatibility(job: JobDefinition, published: readonly { name: string; type: FeatureType }[], incremental: boolean): void {
   const now = new Map(job.features.map((f) => [f.name, f.type]));
   const breaks = published.flatMap((f) => {
     const type = now.get(f.name);
@@ -124,6 +124,16 @@ export function checkCompatibility(job: JobDefinition, published: readonly { nam
     if (type !== f.type) return [`feature "${f.name}" changed type from ${f.type} to ${type}`];
     return [];
   });
+  // An incremental run carries over the entities it does not read, with no value for a feature added since: a
+  // contract that says the feature is never null would be broken for each of them.
+  if (incremental) {
+    const before = new Set(published.map((f) => f.name));
+    for (const f of job.features) {
+      if (!f.nullable && !before.has(f.name)) {
+        breaks.push(`feature "${f.name}" is new and declared nullable: false, but an incremental run keeps the entities it does not read with no value for it (declare it nullable: true)`);
+      }
+    }
+  }
   if (breaks.length) {
     throw new SyncDataError(
       `the contract of view "${job.view}" breaks what its callers rely on: ${breaks.join('; ')}. Publish the new contract as a new view (for example "${job.view}_v2") and mark this one deprecated, or restore the feature`,

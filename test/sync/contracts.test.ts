@@ -284,6 +284,17 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       expect((await served('c_inc_epoch', ['k1', 'k101'])).rows).toEqual([{ score: 1 }, null]);
     });
 
+    it('refuses a feature added as nullable: false, which the entities it does not read would carry as null', async () => {
+      const added = (features: object) => ({ view: 'c_inc_added', entity_key: 'id', event_time: 't', mode: 'incremental', features }) as never;
+      const rows = `SELECT * FROM (VALUES ('a', TIMESTAMP '2026-02-01 10:00', 1.0, 10.0)) v(id, t, score, extra)`;
+      expect((await sync(added({ score: { type: 'double' } }), rows)).summary).toMatchObject({ status: 'succeeded', version: 1 });
+      const strict = await sync(added({ score: { type: 'double' }, extra: { type: 'double', nullable: false } }), rows);
+      expect(strict.summary.status).toBe('failed');
+      expect(strict.summary.error).toMatch(/feature "extra" is new and declared nullable: false, but an incremental run keeps the entities it does not read with no value for it \(declare it nullable: true\)/);
+      expect(await served('c_inc_added', ['a'])).toEqual({ version: 1, rows: [{ score: 1 }] });
+      expect((await sync(added({ score: { type: 'double' }, extra: { type: 'double' } }), rows)).summary.status).toBe('succeeded');
+    });
+
     it('backfills from a given instant idempotently', async () => {
       const backfill = await sync(inc, append(), { backfillFrom: '2026-01-01T00:00:00Z' });
       expect(backfill.summary).toMatchObject({ status: 'succeeded', version: 4, details: { window_start: '2026-01-01T00:00:00Z', unchanged: true } });
