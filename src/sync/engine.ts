@@ -4,6 +4,7 @@
 // version in one Postgres transaction. Until that commit readers see the
 // previous version; after it, all of the new one. Any failure before it leaves
 // the previous version serving and removes what the run wrote.
+import { stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
@@ -95,7 +96,7 @@ export interface RunSummary {
 
 const DEFAULT_RETRY = { attempts: 3, baseDelayMs: 1000 };
 
-const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006', '53300', '40001', '40P01']);
+const TRANSIENT_CODES = new Set(['ESOURCECHANGED', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006', '53300', '40001', '40P01']);
 const TRANSIENT_MESSAGES = /Connection terminated|Connection is closed|connect ECONNREFUSED|Command timed out|timeout exceeded when trying to connect|Stream isn't writeable|enableOfflineQueue|MaxRetriesPerRequest|^CLUSTERDOWN|^TRYAGAIN|Too many Cluster redirections|Failed to refresh slots cache/i;
 
 /** Connection losses and timeouts are worth another try; data and contract errors are not. */
@@ -183,6 +184,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     // DuckDB's allocator otherwise keeps up to 128 MB it freed (the duplicate count's hash table, say) through
     // the load that follows; returning it promptly keeps the sync's resident memory flat as the input grows.
     await conn.run(`SET TimeZone = 'UTC'; SET preserve_insertion_order = false; SET allocator_flush_threshold = '32MB'; SET allocator_background_threads = true`);
+    const sourceState = await sourceFiles(conn, job.source);
     const columns = await describeSource(conn, job);
     const { ignoredColumns } = checkContract(job, columns);
     if (ignoredColumns.length) details.ignored_columns = ignoredColumns;
@@ -246,6 +248,9 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     }
     await db.query(`ANALYZE ${table}`);
     phase('index');
+    if (sourceState !== undefined && (await sourceFiles(conn, job.source)) !== sourceState) {
+      throw Object.assign(new Error(`the source ${job.source} changed while the run read it (a file was replaced, added or removed), so the stores may hold different data; nothing was published, and a retry reads it again`), { code: 'ESOURCECHANGED' });
+    }
 
     await db.transaction(async (tx) => {
       await publishVersion(tx, runId, job.view, version!, watermark, rowCount);
@@ -291,6 +296,25 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     conn.closeSync();
     duck.closeSync();
   }
+}
+
+/**
+ * The source's files as a run finds them: path, size, inode and modification
+ * time of each. A run reads the source several times (the checks, then
+ * Postgres and the hot tier at once); a file replaced, added or removed in
+ * between (an upstream job renaming a new file into place) could leave the
+ * two stores with different data under one version, so the run compares this
+ * before it publishes. Undefined where the source cannot be listed as files.
+ */
+async function sourceFiles(conn: DuckDBConnection, source: string): Promise<string | undefined> {
+  let files: string[];
+  try {
+    files = (await conn.runAndReadAll(`SELECT file FROM glob(${sqlString(source)}) ORDER BY file`)).getRowObjectsJS().map((row) => String(row.file));
+  } catch {
+    return undefined;
+  }
+  const seen = await Promise.all(files.map(async (file) => stat(file).then((s) => `${file} ${s.size} ${s.ino} ${s.mtimeMs}`, () => `${file} gone`)));
+  return seen.join('\n');
 }
 
 function describeError(error: unknown): string {

@@ -200,4 +200,22 @@ describe('failed sync runs', () => {
       await reader.end();
     }
   });
+
+  it('a source replaced while a run reads it publishes nothing of that read; the retry publishes the new file whole, the same in both stores', async () => {
+    await publishSource(rowsSql(300_000, 'i * 8.0'));
+    const run = server.runner.run('scores', 'manual');
+    // The load of version 8 is under way (it is in Redis) when upstream renames a new file into place.
+    await expect.poll(async () => (await keys.scan('0', 'MATCH', 'fs:scores:8:*', 'COUNT', 10_000))[1].length, { timeout: 30_000, interval: 10 }).toBeGreaterThan(0);
+    await publishSource(rowsSql(300_000, 'i * 9.0'));
+    const summary = await run;
+    expect(summary).toMatchObject({ status: 'succeeded', version: 9, rowsWritten: 300_000 });
+    const [, attempt] = await listRuns(server.db, 'scores', 2);
+    expect(attempt).toMatchObject({ status: 'failed', version: 8 });
+    expect(attempt!.error).toMatch(/^the source .*scores\.parquet changed while the run read it \(a file was replaced, added or removed\)/);
+    await expect.poll(async () => (await fetchScores(['k1'])).version, { timeout: 5_000 }).toBe('9');
+    const { body } = await fetchScores(['k1', 'k150000', 'k300000']);
+    expect(body.results.map((r) => r.features?.score)).toEqual([9, 1_350_000, 2_700_000]);
+    const stored = await server.db.query<{ score: number }>(`SELECT score FROM featurestore_data.scores__v9 WHERE entity_id = ANY($1) ORDER BY score`, [['k1', 'k150000', 'k300000']]);
+    expect(stored.map((r) => Number(r.score))).toEqual([9, 1_350_000, 2_700_000]);
+  }, 120_000);
 });
