@@ -56,6 +56,9 @@ export class SyncRunner {
 
   constructor(private readonly deps: SyncRunnerDeps) {
     this.jobs = new Map(deps.jobs.map((job) => [job.view, job]));
+    // Every outcome's series exists from the start at 0: a counter born at 1 has no increase for Prometheus, so the
+    // first failure after a start would never raise FeatureSyncFailing.
+    for (const job of deps.jobs) for (const status of ['succeeded', 'failed', 'skipped'] as const) deps.metrics.syncRuns.inc({ sync_job: job.view, status }, 0);
   }
 
   isRunning(view: string): boolean {

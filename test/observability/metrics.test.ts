@@ -32,7 +32,10 @@ describe('metrics follow traffic and syncs', () => {
   });
 
   it('has no view gauges before the first publish, then the version, rows, age and margin', async () => {
-    expect(await scrape()).not.toMatch(/featurestore_view_version\{view="m"\}/);
+    const before = await scrape();
+    expect(before).not.toMatch(/featurestore_view_version\{view="m"\}/);
+    // Every outcome's series is there at 0 before any run, so the first failure is an increase Prometheus sees.
+    for (const status of ['succeeded', 'failed', 'skipped']) expect(value(before, new RegExp(`featurestore_sync_runs_total\\{sync_job="m",status="${status}"\\}`))).toBe(0);
     await server.runner.run('m', 'manual');
     const text = await scrape();
     expect(value(text, /featurestore_view_version\{view="m"\}/)).toBe(1);
