@@ -87,6 +87,23 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   let stopping = false;
   let started = false;
   let seq = 0;
+  /** Each worker's metrics as last gathered, and what dead workers had counted (see `retire`). */
+  const lastMetrics = new Map<Worker, Json>();
+  let retired: Json = [];
+  /**
+   * A dead worker's counters and histograms stay in the machine's sums, as of the last scrape that gathered them:
+   * dropped, the sums would fall, Prometheus would read a counter reset, and the surviving workers' whole counts
+   * would land in one rate step (hiding a real error burst from the burn-rate pages). Gauges describe live
+   * processes and go; so does the per-process request counter, whose `process` series ends with its process.
+   */
+  const retire = async (worker: Worker) => {
+    const last = lastMetrics.get(worker);
+    lastMetrics.delete(worker);
+    if (!last) return;
+    // prom-client declares `type` a numeric enum; its JSON carries the names.
+    const kept = last.filter((metric) => ['counter', 'histogram'].includes(String(metric.type)) && metric.name !== 'featurestore_process_requests_total');
+    retired = (await AggregatorRegistry.aggregate([retired, kept]).getMetricsAsJSON()) as Json;
+  };
   const pending = new Map<string, { resolve: (data: unknown) => void; reject: (error: Error) => void }>();
 
   /** Every ready worker's answer to `what`, combined: the machine's metrics text, SLO counts or latency buckets. */
@@ -113,7 +130,8 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     // The primary serves no lookups: only its metrics (syncs) count.
     if (what === 'slo') return combineSlo(fromWorkers as SloSnapshot[]);
     if (what === 'latency') return sumBuckets(fromWorkers as LatencyBuckets[]);
-    return AggregatorRegistry.aggregate([(await metrics.registry.getMetricsAsJSON()) as Json, ...(fromWorkers as Json[])]).metrics();
+    live.forEach((worker, i) => lastMetrics.set(worker, fromWorkers[i] as Json));
+    return AggregatorRegistry.aggregate([(await metrics.registry.getMetricsAsJSON()) as Json, ...(fromWorkers as Json[]), retired]).metrics();
   };
 
   let startFailed: (error: WorkerStartError) => void = () => undefined;
@@ -150,6 +168,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   const onExit = (worker: Worker, code: number | null, signal: string | null) => {
     const state = workers.get(worker);
     workers.delete(worker);
+    void retire(worker);
     for (const [key, waiter] of pending) if (key.startsWith(`${worker.id}:`) && pending.delete(key)) waiter.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) exited while its figures were gathered`));
     if (stopping) return;
     if (!state?.ready && !started) {
