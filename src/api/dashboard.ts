@@ -3,12 +3,27 @@
 // the live figures it polls. Freshness and runs come from /slo/v1 and
 // /sync/v1/jobs, which the page reads too.
 import { Hono } from 'hono';
-import type { Metrics } from '../observability/metrics.js';
-import { latencyQuantiles } from '../observability/metrics.js';
+import type { LatencyBuckets, Metrics } from '../observability/metrics.js';
+import { bucketsSince, latencyQuantiles } from '../observability/metrics.js';
 import { recentOf, type SloTracker } from '../observability/slo.js';
 
-export function dashboardRoutes(deps: { readonly metrics: Metrics; readonly slo: SloTracker }): Hono {
+/** p50 and p99 cover about this long: the latency histogram counts since start, so quantiles are taken over its growth. */
+const LATENCY_WINDOW_MS = 60_000;
+
+export function dashboardRoutes(deps: { readonly metrics: Metrics; readonly slo: SloTracker; readonly now?: () => number }): Hono {
   const app = new Hono();
+  const now = deps.now ?? Date.now;
+  // The machine's latency buckets as earlier stats requests saw them, at most one a second: the oldest one kept is
+  // the newest that is at least a window old, the base the quantiles are taken from. A process's first request
+  // has no base and covers the time since start.
+  const seen: { at: number; buckets: LatencyBuckets }[] = [];
+  const recentBuckets = (buckets: LatencyBuckets): LatencyBuckets => {
+    const at = now();
+    if (seen.length === 0 || at - seen.at(-1)!.at >= 1000) seen.push({ at, buckets });
+    while (seen.length > 1 && at - seen[1]!.at >= LATENCY_WINDOW_MS) seen.shift();
+    const base = seen[0]!;
+    return base.buckets === buckets ? buckets : bucketsSince(buckets, base.buckets);
+  };
 
   app.get('/dashboard', (c) =>
     c.html(PAGE, 200, {
@@ -21,7 +36,7 @@ export function dashboardRoutes(deps: { readonly metrics: Metrics; readonly slo:
   app.get('/dashboard/v1/stats', async (c) => {
     // Every serving process of the machine, in a cluster worker.
     const [buckets, slo] = await Promise.all([deps.metrics.gatherLookupLatency(), deps.slo.gather()]);
-    const [p50, p99] = latencyQuantiles(buckets, [0.5, 0.99]);
+    const [p50, p99] = latencyQuantiles(recentBuckets(buckets), [0.5, 0.99]);
     const recent = recentOf(slo.recent);
     const { latencyThresholdMs, latencyTarget } = deps.slo.config;
     return c.json(

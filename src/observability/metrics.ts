@@ -149,6 +149,13 @@ export function sumBuckets(all: readonly LatencyBuckets[]): LatencyBuckets {
   return sum;
 }
 
+/** The lookups counted since `base` was taken (never below 0: a process restarted meanwhile starts from nothing). */
+export function bucketsSince(buckets: LatencyBuckets, base: LatencyBuckets): LatencyBuckets {
+  const since: Record<string, number> = {};
+  for (const [le, count] of Object.entries(buckets)) since[le] = Math.max(0, count - (base[le] ?? 0));
+  return since;
+}
+
 /** Quantiles of lookup latency in seconds, interpolated within buckets as Prometheus' histogram_quantile does; null before any lookup. */
 export function latencyQuantiles(buckets: LatencyBuckets, quantiles: readonly number[]): (number | null)[] {
   const sorted = Object.entries(buckets)

@@ -78,3 +78,32 @@ describe('SLO tracker', () => {
     expect(latencyQuantiles({}, [0.5])).toEqual([null]);
   });
 });
+
+describe('the dashboard\'s latency figures', () => {
+  it('are taken over the last minute, so a slow spell after a long fast one shows at once', async () => {
+    const { Metrics } = await import('../../src/observability/metrics.js');
+    const { dashboardRoutes } = await import('../../src/api/dashboard.js');
+    let now = 1_000_000;
+    const metrics = new Metrics();
+    const app = dashboardRoutes({ metrics, slo: new SloTracker(config, () => now), now: () => now });
+    const lookups = (n: number, seconds: number) => {
+      const observer = metrics.requestDuration.labels({ http_request_method: 'GET', http_route: '/features/v1/:entity_id', http_response_status_code: '200' });
+      for (let i = 0; i < n; i++) observer.observe(seconds);
+    };
+    const stats = async () => (await (await app.request('/dashboard/v1/stats')).json()) as { p50_ms: number | null; p99_ms: number | null };
+
+    lookups(10_000, 0.001);
+    expect((await stats()).p99_ms).toBeLessThan(2);
+    // A minute later, 50 lookups of 200 ms: half a percent of all since start, every one of the last minute.
+    now += 61_000;
+    lookups(50, 0.2);
+    const slow = await stats();
+    expect(slow.p50_ms).toBeGreaterThan(100);
+    expect(slow.p99_ms).toBeGreaterThan(100);
+    // Another quiet minute: no lookups in it, so no latency to show.
+    now += 61_000;
+    await stats();
+    now += 61_000;
+    expect(await stats()).toMatchObject({ p50_ms: null, p99_ms: null });
+  });
+});
