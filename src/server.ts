@@ -102,8 +102,21 @@ export async function startServer(config: Config, log: Logger = createLogger(con
         onLost: (error) => log.warn('catalog.listen_lost', { error, message: `new versions are learned by polling every ${config.catalogRefreshMs} ms until it reconnects` }),
       });
   listener?.start();
-  // New and revoked keys take effect within the same interval as new versions.
-  const keyRefresh = apiKeys ? setInterval(() => void apiKeys!.refresh().catch(() => undefined), config.catalogRefreshMs).unref() : undefined;
+  // New and revoked keys take effect within the same interval as new versions. While the keys cannot be read, the
+  // last list read stays in force (so a Postgres outage does not refuse every caller): said once per outage, loudly.
+  let keysFailingSince: number | undefined;
+  const refreshKeys = () =>
+    apiKeys!.refresh().then(
+      () => {
+        if (keysFailingSince !== undefined) log.info('api_keys.refresh_recovered', { failing_ms: Date.now() - keysFailingSince });
+        keysFailingSince = undefined;
+      },
+      (error: Error) => {
+        if (keysFailingSince === undefined) log.error('api_keys.refresh_failed', { error, message: 'the last list of API keys read stays in force: keys revoked or created since take effect once Postgres answers again' });
+        keysFailingSince ??= Date.now();
+      },
+    );
+  const keyRefresh = apiKeys ? setInterval(() => void refreshKeys(), config.catalogRefreshMs).unref() : undefined;
   const slo = new SloTracker(config.slo);
   const tracing = setupTracing({ otlpEndpoint: config.otlpEndpoint, exporter: overrides.spanExporter, serviceName: config.serviceName });
   const metrics = new Metrics({
