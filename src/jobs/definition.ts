@@ -21,6 +21,9 @@ export type FeatureType = (typeof FEATURE_TYPES)[number];
 
 const DURATION_PATTERN = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/;
 
+/** A YAML value for a message, as written: strings quoted, numbers as they are. */
+const shown = (value: unknown): string => (typeof value === 'number' ? String(value) : (JSON.stringify(value) ?? String(value)));
+
 /** "26h", "1h30m", "7d", "45s" → seconds. */
 export function parseDuration(text: string): number | undefined {
   const match = DURATION_PATTERN.exec(text);
@@ -30,21 +33,26 @@ export function parseDuration(text: string): number | undefined {
   return seconds > 0 ? seconds : undefined;
 }
 
-const duration = z.string().transform((text, ctx) => {
+const DURATION_EXPECTED = 'expected a positive duration such as "90m", "26h" or "7d"';
+const duration = z.string({ error: (issue) => `${DURATION_EXPECTED}, got ${shown(issue.input)}` }).transform((text, ctx) => {
   const seconds = parseDuration(text.trim());
   if (seconds === undefined) {
-    ctx.addIssue({ code: 'custom', message: `expected a positive duration such as "90m", "26h" or "7d", got "${text}"` });
+    ctx.addIssue({ code: 'custom', message: `${DURATION_EXPECTED}, got "${text}"` });
     return z.NEVER;
   }
   return seconds;
 });
 
 const cron = z.string().superRefine((expr, ctx) => {
+  let schedule: Cron;
   try {
-    new Cron(expr, { paused: true });
+    schedule = new Cron(expr, { paused: true, timezone: 'UTC' });
   } catch {
     ctx.addIssue({ code: 'custom', message: `expected a cron expression such as "*/15 * * * *", got "${expr}"` });
+    return;
   }
+  // Croner accepts dates that never come ("0 0 31 2 *") or have passed (a year field); such a job would never run.
+  if (schedule.nextRun() === null) ctx.addIssue({ code: 'custom', message: `"${expr}" never fires: it has no next run` });
 });
 
 const identifier = (what: string) =>
@@ -54,6 +62,14 @@ export const EPOCH_UNITS = ['s', 'ms', 'us'] as const;
 export type EpochUnit = (typeof EPOCH_UNITS)[number];
 const epochUnit = z.enum(EPOCH_UNITS, { error: () => 'expected an epoch unit: s, ms or us' });
 
+/** What an allowed value of each type must be: one the column can hold, or every run fails in DuckDB. */
+const ALLOWED_VALUES: Record<Exclude<FeatureType, 'timestamp'>, { readonly fits: (value: unknown) => boolean; readonly expected: string }> = {
+  integer: { fits: Number.isSafeInteger, expected: 'an integer within ±2^53−1' },
+  double: { fits: (value) => typeof value === 'number' && Number.isFinite(value), expected: 'a finite number' },
+  string: { fits: (value) => typeof value === 'string', expected: 'a string' },
+  boolean: { fits: (value) => typeof value === 'boolean', expected: 'true or false' },
+};
+
 const featureSchema = z
   .strictObject({
     type: z.enum(FEATURE_TYPES, { error: () => `expected one of ${FEATURE_TYPES.join(', ')}` }),
@@ -62,7 +78,10 @@ const featureSchema = z
     nullable: z.boolean().default(true),
     min: z.number().optional(),
     max: z.number().optional(),
-    allowed: z.array(z.union([z.string(), z.number(), z.boolean()])).min(1, 'expected at least one allowed value').optional(),
+    allowed: z
+      .array(z.union([z.string(), z.number(), z.boolean()], { error: (issue) => `expected a string, a finite number or a boolean, got ${shown(issue.input)}` }))
+      .min(1, 'expected at least one allowed value')
+      .optional(),
     /** For a timestamp kept as an epoch number in the source: its unit. */
     unit: epochUnit.optional(),
   })
@@ -72,18 +91,51 @@ const featureSchema = z
     if (f.min !== undefined && f.max !== undefined && f.min > f.max) ctx.addIssue({ code: 'custom', path: ['min'], message: `min (${f.min}) is above max (${f.max})` });
     if (f.unit && f.type !== 'timestamp') ctx.addIssue({ code: 'custom', path: ['unit'], message: `unit applies to timestamp features, not ${f.type}` });
     if (f.allowed && f.type === 'timestamp') ctx.addIssue({ code: 'custom', path: ['allowed'], message: 'allowed values do not apply to timestamp features' });
+    if (f.allowed && f.type !== 'timestamp') {
+      const { fits, expected } = ALLOWED_VALUES[f.type];
+      f.allowed.forEach((value, index) => {
+        const at = ['allowed', index];
+        if (!fits(value)) ctx.addIssue({ code: 'custom', path: at, message: `expected ${expected}, got ${shown(value)}` });
+        // A value outside min or max could never be accepted: every row holding it is rejected.
+        else if (typeof value === 'number' && f.min !== undefined && value < f.min) ctx.addIssue({ code: 'custom', path: at, message: `${value} is below min (${f.min})` });
+        else if (typeof value === 'number' && f.max !== undefined && value > f.max) ctx.addIssue({ code: 'custom', path: at, message: `${value} is above max (${f.max})` });
+      });
+    }
   });
 
-const eventTimeSchema = z.union([
-  z.string().min(1, 'expected the name of the event-time column'),
-  z.strictObject({ column: z.string().min(1), unit: epochUnit }),
-]);
+// A union's own issue says only "Invalid input": say what either form looks like.
+const eventTimeSchema = z.union(
+  [z.string().min(1, 'expected the name of the event-time column'), z.strictObject({ column: z.string().min(1), unit: epochUnit })],
+  { error: (issue) => `expected a column name, or { column, unit: s | ms | us }, got ${shown(issue.input)}` },
+);
+
+const lookback = z.union([z.literal(0), duration], {
+  error: (issue) => `expected 0 or a duration of whole d, h, m and s parts in that order, such as "30m", "1h30m" or "2d", got ${shown(issue.input)}`,
+});
 
 const share = z.number().min(0, 'expected a share between 0 and 1').max(1, 'expected a share between 0 and 1');
 
+const DATE_PATTERN = /^\d{4}-\d{2}-\d{2}$/;
+
+/**
+ * A calendar date, YYYY-MM-DD, as midnight UTC (YAML 1.1 hands an unquoted one
+ * over as a Date already). No coercion: 2026 would be 2 seconds past 1970 and
+ * 2026-02-30 would roll over into March.
+ */
+const calendarDate = (example: string) => {
+  const expected = `expected a date such as ${example} (YYYY-MM-DD)`;
+  return z.union([z.string(), z.date()], { error: (issue) => `${expected}, got ${shown(issue.input)}` }).transform((value, ctx) => {
+    const text = value instanceof Date ? value.toISOString().replace(/T00:00:00\.000Z$/, '') : value;
+    const date = new Date(`${text}T00:00:00Z`);
+    if (DATE_PATTERN.test(text) && !Number.isNaN(date.getTime()) && date.toISOString().startsWith(text)) return date;
+    ctx.addIssue({ code: 'custom', message: `${expected}, got ${shown(value)}` });
+    return z.NEVER;
+  });
+};
+
 const deprecationSchema = z.strictObject({
-  since: z.coerce.date({ error: () => 'expected a date such as 2026-12-01' }),
-  sunset: z.coerce.date({ error: () => 'expected a date such as 2027-06-30' }),
+  since: calendarDate('2026-12-01'),
+  sunset: calendarDate('2027-06-30'),
   successor: z.string().regex(NAME_PATTERN, 'expected the name of the view that replaces this one').optional(),
 });
 
@@ -107,7 +159,7 @@ const definitionSchema = z
     /** snapshot: each run replaces the view; incremental: each run applies the rows past the last watermark. */
     mode: z.enum(['snapshot', 'incremental'], { error: () => 'expected snapshot or incremental' }).default('snapshot'),
     /** Incremental runs re-read this far behind the last watermark, for late rows. */
-    lookback: z.union([z.literal(0), duration]).default(3600),
+    lookback: lookback.default(3600),
     /** A boolean source column: true removes the entity. */
     delete_column: z.string().min(1).optional(),
     deprecated: deprecationSchema.optional(),
@@ -177,14 +229,19 @@ export function parseJobDefinition(file: string, text: string): JobDefinition {
     const where = error instanceof YAMLParseError && error.linePos ? ` at line ${error.linePos[0].line}` : '';
     throw new JobDefinitionError(`${file}: not valid YAML${where}: ${(error as Error).message.split('\n')[0]}`);
   }
-  const parsed = definitionSchema.safeParse(raw);
+  // zod v4 keeps an issue's input only when asked; without it a wrong-type field would read as missing.
+  // The error map says what such a field got; a schema's own message still wins.
+  const parsed = definitionSchema.safeParse(raw, {
+    reportInput: true,
+    error: (issue) => (issue.code === 'invalid_type' ? `expected ${issue.expected}, got ${shown(issue.input)}` : undefined),
+  });
   if (!parsed.success) {
     const problems = parsed.error.issues.map((issue) => {
       const field = issue.path.length ? issue.path.join('.') : '(top level)';
       const message =
         issue.code === 'unrecognized_keys'
           ? `unknown field(s) ${issue.keys.map((key) => `"${key}"`).join(', ')}; expected only ${issue.path.length ? 'the documented fields here' : TOP_LEVEL_FIELDS}`
-          : issue.code === 'invalid_type' && issue.input === undefined
+          : (issue.code === 'invalid_type' || issue.code === 'invalid_union') && issue.input === undefined
             ? 'is required'
             : issue.message;
       return `  ${field}: ${message}`;
@@ -192,7 +249,7 @@ export function parseJobDefinition(file: string, text: string): JobDefinition {
     throw new JobDefinitionError(`${file}: invalid sync job definition\n${problems.join('\n')}`);
   }
   const def = parsed.data;
-  const stem = path.basename(file).replace(/\.ya?ml$/, '');
+  const stem = path.basename(file).replace(/\.ya?ml$/i, '');
   if (stem !== def.view) {
     throw new JobDefinitionError(`${file}: view: the view is "${def.view}" but the file is named "${path.basename(file)}"; name the file ${def.view}.yaml`);
   }
@@ -233,14 +290,27 @@ export async function loadJobDefinitions(dir: string): Promise<JobDefinition[]> 
   } catch (error) {
     throw new JobDefinitionError(`cannot read the sync job directory ${dir} (SYNC_JOBS_DIR): ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
   }
-  const files = entries.filter((name) => /\.ya?ml$/.test(name)).sort();
+  const files = entries.filter((name) => /\.ya?ml$/i.test(name)).sort();
   if (files.length === 0) {
     throw new JobDefinitionError(`no sync job definitions (*.yaml) in ${dir} (SYNC_JOBS_DIR); add one per feature view`);
   }
   const jobs: JobDefinition[] = [];
+  const fileOfView = new Map<string, string>();
   for (const name of files) {
     const file = path.join(dir, name);
-    jobs.push(parseJobDefinition(file, await readFile(file, 'utf8')));
+    const job = parseJobDefinition(file, await readFile(file, 'utf8'));
+    // snap.yaml and snap.yml both match their view's name; two jobs of one name would both run.
+    const other = fileOfView.get(job.view);
+    if (other) throw new JobDefinitionError(`${file}: view: "${job.view}" is also defined by ${other}; keep one definition per view`);
+    fileOfView.set(job.view, file);
+    jobs.push(job);
+  }
+  // Only now is every view known; the Link header must not send callers to a view that is not there.
+  for (const job of jobs) {
+    const successor = job.deprecated?.successor;
+    if (successor !== undefined && !fileOfView.has(successor)) {
+      throw new JobDefinitionError(`${job.file}: deprecated.successor: no view "${successor}" is defined in ${dir}; expected the name of the view that replaces this one`);
+    }
   }
   return jobs;
 }
