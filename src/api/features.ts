@@ -4,7 +4,7 @@
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { z } from 'zod';
-import { ENTITY_ID_PATTERN } from '../jobs/definition.js';
+import { ENTITY_ID_PATTERN, type Deprecation } from '../jobs/definition.js';
 import { mayRead, type KeyGrant } from '../stores/api-keys.js';
 import type { Catalog, ServedVersion, ServedView } from '../stores/catalog.js';
 import { StoreUnavailableError, VersionGoneError, type FeatureSource, type FeatureRow, type ReadResult } from '../stores/reader.js';
@@ -43,6 +43,11 @@ function viewNames(catalog: Catalog, grant: KeyGrant | undefined): string {
       .map((v) => v.job.view)
       .join(', ') || 'none for this key'
   );
+}
+
+/** A view's deprecation as the caller may see it: its successor is named only to a key that may read that view. */
+export function deprecationFor(deprecated: Deprecation, grant: KeyGrant | undefined): Deprecation {
+  return deprecated.successor && grant && !mayRead(grant, deprecated.successor) ? { ...deprecated, successor: undefined } : deprecated;
 }
 
 /** The named view, if it exists and the caller may read it; checked before any read, so a 403 reveals nothing about entities. */
@@ -190,7 +195,8 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
     return { view: only.view, version: only.version, row: only.result.rows[0]!, result: only.result };
   }
 
-  app.on(['PUT', 'PATCH', 'DELETE', 'GET'], '/batch', () => {
+  // Not GET: `batch` is a valid entity id, so GET /features/v1/batch is that entity's lookup.
+  app.on(['PUT', 'PATCH', 'DELETE'], '/batch', () => {
     throw new ApiError('method-not-allowed', 'use POST for /features/v1/batch', {}, { Allow: 'POST' });
   });
 
@@ -227,7 +233,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
     const now = Date.now();
     const meta = freshnessOf(view, version, now);
     freshnessHeaders(headers, view, version, meta, catalog.nextRun(view.job.view, now), now);
-    if (view.job.deprecated) deprecationHeaders(headers, view.job.deprecated, entityId);
+    if (view.job.deprecated) deprecationHeaders(headers, deprecationFor(view.job.deprecated, grant), entityId);
     const etag = entityTag(version, entityId, selection?.names ?? null);
     headers.ETag = etag;
     if (matchesIfNoneMatch(c.req.header('If-None-Match'), etag)) return respondJson(c, 304, null);
@@ -287,7 +293,7 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       const meta = freshnessOf(view, version, now);
       const headers = responseHeaders(c);
       freshnessHeaders(headers, view, version, meta, catalog.nextRun(view.job.view, now), now);
-      if (view.job.deprecated) deprecationHeaders(headers, view.job.deprecated);
+      if (view.job.deprecated) deprecationHeaders(headers, deprecationFor(view.job.deprecated, grant));
       // A POST answer is not reusable: the freshness headers inform, they do not license caching.
       headers['Cache-Control'] = 'no-store';
       headers['Feature-Tier'] = result.tier;

@@ -2,10 +2,11 @@
 // schedule, current version, last run, watermark and freshness) and
 // GET /sync/v1/jobs/{job}/runs.
 import { Hono } from 'hono';
+import type { KeyGrant } from '../stores/api-keys.js';
 import type { Catalog, ServedView } from '../stores/catalog.js';
 import type { Database } from '../stores/database.js';
 import { lastWatermark, listRuns, type RunRecord } from '../stores/metadata.js';
-import { requireView, visibleViews } from './features.js';
+import { deprecationFor, requireView, visibleViews } from './features.js';
 import { freshnessOf } from './freshness.js';
 import { ApiError } from './problem.js';
 
@@ -46,9 +47,10 @@ export function syncStatusRoutes(deps: SyncStatusDeps): Hono {
   const { catalog, db } = deps;
   const app = new Hono();
 
-  async function jobBody(view: ServedView, now: number) {
+  async function jobBody(view: ServedView, grant: KeyGrant | undefined, now: number) {
     const [lastRun] = await listRuns(db, view.job.view, 1);
     const current = view.current;
+    const deprecated = view.job.deprecated && deprecationFor(view.job.deprecated, grant);
     return {
       job: view.job.view,
       description: view.job.description ?? null,
@@ -60,16 +62,15 @@ export function syncStatusRoutes(deps: SyncStatusDeps): Hono {
       freshness: current ? freshnessOf(view, current, now) : null,
       watermark: await lastWatermark(db, view.job.view),
       last_run: lastRun ? runBody(lastRun) : null,
-      deprecated: view.job.deprecated
-        ? { since: view.job.deprecated.since.toISOString(), sunset: view.job.deprecated.sunset.toISOString(), successor: view.job.deprecated.successor ?? null }
-        : null,
+      deprecated: deprecated ? { since: deprecated.since.toISOString(), sunset: deprecated.sunset.toISOString(), successor: deprecated.successor ?? null } : null,
     };
   }
 
   app.get('/jobs', async (c) => {
     rejectUnknownParams(c.req.queries(), []);
     const now = Date.now();
-    const jobs = await Promise.all(visibleViews(catalog, c.get('grant')).map((view) => jobBody(view, now)));
+    const grant = c.get('grant');
+    const jobs = await Promise.all(visibleViews(catalog, grant).map((view) => jobBody(view, grant, now)));
     return c.json({ jobs }, 200, { 'Cache-Control': 'no-store' });
   });
 

@@ -362,6 +362,7 @@ export interface components {
                 since: string;
                 /** Format: date-time */
                 sunset: string;
+                /** @description The view that replaces this one; null when there is none or the API key may not read it. */
                 successor: string | null;
             } | null;
         };
@@ -562,7 +563,7 @@ export interface components {
         Deprecation: string;
         /** @description Only on a deprecated view: when it stops being served (RFC 8594), as an HTTP date. */
         Sunset: string;
-        /** @description Only on a deprecated view with a successor: rel="successor-version". */
+        /** @description Only on a deprecated view with a successor that the API key may read: rel="successor-version". */
         Link: string;
         /** @description With API keys: what is left of the key's quota now (IETF RateLimit fields), e.g. "per-key";r=57;t=0. */
         RateLimit: string;
@@ -730,7 +731,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description How many runs (1 to 100, default 20). */
-                limit?: string;
+                limit?: number;
             };
             header?: never;
             path: {
@@ -808,7 +809,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Lookup rate and error rate over the last 10 s; p50 and p99 of lookup latency since start. Over every serving process of the machine with WEB_CONCURRENCY > 1. */
+            /** @description Lookup rate and error rate over the last 10 s; p50 and p99 of lookup latency over about the last minute (since start on a process's first request). Over every serving process of the machine with WEB_CONCURRENCY > 1. */
             200: {
                 headers: {
                     [name: string]: unknown;

@@ -34,7 +34,8 @@ const ITEMS_SQL = `
 
 const ACCOUNTS_SQL = `
   SELECT 'acct-' || i AS account, DATE '2026-02-01' AS as_of, i * 1.25 AS balance FROM range(1, 51) t(i)
-  UNION ALL SELECT 'shared-1', DATE '2026-02-01', 0`;
+  UNION ALL SELECT 'shared-1', DATE '2026-02-01', 0
+  UNION ALL SELECT 'batch', DATE '2026-02-01', 42`;
 
 const ITEM_FEATURES = ['clicks', 'score', 'active', 'label', 'last_seen', 'big', 'frac'] as const;
 
@@ -195,6 +196,33 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     const both = await client.GET('/features/v1/{entity_id}', { params: { path: { entity_id: 'shared-1' } } });
     expect(both.response.status).toBe(400);
     expect(both.error).toMatchObject({ type: 'urn:feature-serving:problem:ambiguous-entity', views: expect.arrayContaining(['items', 'accounts']) });
+  });
+
+  it('serves an entity whose id is "batch" singly, while POST /features/v1/batch stays the batch route', async () => {
+    // Checked against getFeatures: the spec checker would take GET /features/v1/batch for the batch path, which has no GET.
+    const single = async (query: string) => {
+      const response = await fetch(`${baseUrl}/features/v1/batch${query}`);
+      await assertMatchesSpec('GET', '/features/v1/{entity_id}', response.clone());
+      return response;
+    };
+    for (const query of ['?view=accounts', '?view=accounts&features=balance', '']) {
+      const response = await single(query);
+      expect(response.status, query).toBe(200);
+      expect(await response.json()).toMatchObject({ view: 'accounts', entity_id: 'batch', features: { balance: 42 } });
+    }
+    const missing = await single('?view=items');
+    expect(missing.status).toBe(404);
+    expect(await missing.json()).toMatchObject({ type: 'urn:feature-serving:problem:entity-not-found' });
+
+    const batch = await client.POST('/features/v1/batch', { body: { view: 'accounts', entity_ids: ['batch', 'acct-2'] } });
+    expect(batch.response.status).toBe(200);
+    expect(batch.data!.results).toMatchObject([
+      { entity_id: 'batch', status: 'PRESENT', features: { balance: 42 } },
+      { entity_id: 'acct-2', status: 'PRESENT', features: { balance: 2.5 } },
+    ]);
+    const put = await validatingFetch(`${baseUrl}/features/v1/batch`, { method: 'PUT' });
+    expect(put.status).toBe(405);
+    expect(put.headers.get('Allow')).toBe('POST');
   });
 
   it('marks unknown ids in a batch as NOT_FOUND without failing the batch, in request order', async () => {
@@ -374,9 +402,9 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
     expect(jobs.response.status).toBe(200);
     expect(jobs.data!.jobs.map((j) => j.job).sort()).toEqual(['accounts', 'items']);
     expect(jobs.data!.jobs.find((j) => j.job === 'items')).toMatchObject({ current_version: 1, rows: 2501, last_run: { status: 'succeeded', rows_read: 2501, rows_written: 2501 } });
-    const runs = await client.GET('/sync/v1/jobs/{job}/runs', { params: { path: { job: 'items' }, query: { limit: '5' } } });
+    const runs = await client.GET('/sync/v1/jobs/{job}/runs', { params: { path: { job: 'items' }, query: { limit: 5 } } });
     expect(runs.data!.runs[0]).toMatchObject({ job: 'items', status: 'succeeded', details: { ignored_columns: ['extra_column'], rows_rejected: 0, duplicates_dropped: 0 } });
-    const bad = await client.GET('/sync/v1/jobs/{job}/runs', { params: { path: { job: 'items' }, query: { limit: '500' } } });
+    const bad = await client.GET('/sync/v1/jobs/{job}/runs', { params: { path: { job: 'items' }, query: { limit: 500 } } });
     expect(bad.response.status).toBe(400);
   });
 

@@ -37,9 +37,13 @@ describe('API keys and hostile input', () => {
     dir = await tempDir('auth');
     const items = await writeParquet(path.join(dir, 'items.parquet'), `SELECT 'i' || i AS id, TIMESTAMP '2026-01-01' AS t, i AS n FROM range(1, 11) t(i)`);
     const secrets = await writeParquet(path.join(dir, 'secrets.parquet'), `SELECT 's' || i AS id, TIMESTAMP '2026-01-01' AS t, i * 100 AS salary FROM range(1, 11) t(i)`);
+    const legacySource = await writeParquet(path.join(dir, 'legacy.parquet'), `SELECT 'l' || i AS id, TIMESTAMP '2026-01-01' AS t, i AS n FROM range(1, 4) t(i)`);
+    // Deprecated in favour of secrets, which not every key that reads it may read.
+    const legacy = { view: 'legacy', source: legacySource, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } }, deprecated: { since: '2026-01-01', sunset: '2030-01-01', successor: 'secrets' } };
     await writeJobs(dir, [
       { view: 'items', source: items, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } },
       { view: 'secrets', source: secrets, entity_key: 'id', event_time: 't', features: { salary: { type: 'integer' } } },
+      legacy,
     ]);
   });
 
@@ -68,6 +72,7 @@ describe('API keys and hostile input', () => {
     baseUrl = `http://127.0.0.1:${server.port}`;
     expect((await server.runner.run('items', 'manual')).status).toBe('succeeded');
     expect((await server.runner.run('secrets', 'manual')).status).toBe('succeeded');
+    expect((await server.runner.run('legacy', 'manual')).status).toBe('succeeded');
   });
 
   it('serves a key the views it may read', async () => {
@@ -145,6 +150,36 @@ describe('API keys and hostile input', () => {
     expect((await get('/features/v1/s1', allKey)).status).toBe(200);
     const jobs = (await (await get('/sync/v1/jobs', itemsKey)).json()) as { jobs: { job: string }[] };
     expect(jobs.jobs.map((j) => j.job)).toEqual(['items']);
+  });
+
+  it('names a deprecated view\'s successor only to a key that may read the successor', async () => {
+    const legacyOnly = (await createApiKey(db, 'legacy-reader', ['legacy'])).token;
+    const withSuccessor = (await createApiKey(db, 'legacy-and-secrets', ['legacy', 'secrets'])).token;
+    for (const key of [legacyOnly, withSuccessor]) await expect.poll(async () => (await get('/features/v1/l1?view=legacy', key)).status, { timeout: 5_000 }).toBe(200);
+    const batch = async (key: string) => {
+      const response = await fetch(`${baseUrl}/features/v1/batch`, { method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' }, body: '{"view":"legacy","entity_ids":["l1"]}' });
+      await assertMatchesSpec('POST', '/features/v1/batch', response.clone());
+      return response;
+    };
+    const successorOf = async (key: string) => {
+      const { jobs } = (await (await get('/sync/v1/jobs', key)).json()) as { jobs: { job: string; deprecated: { successor: string | null } | null }[] };
+      return jobs.find((j) => j.job === 'legacy')!.deprecated!.successor;
+    };
+
+    // Still told the view is deprecated and when it goes away, but not what replaces it.
+    for (const response of [await get('/features/v1/l1?view=legacy', legacyOnly), await get('/features/v1/l1', legacyOnly), await batch(legacyOnly)]) {
+      expect(response.status).toBe(200);
+      expect(response.headers.get('Deprecation')).toBe(`@${Date.parse('2026-01-01') / 1000}`);
+      expect(response.headers.get('Sunset')).toBe(new Date('2030-01-01').toUTCString());
+      expect(response.headers.get('Link')).toBeNull();
+      expect(JSON.stringify([...response.headers])).not.toContain('secrets');
+    }
+    expect(await successorOf(legacyOnly)).toBeNull();
+
+    expect((await get('/features/v1/l1?view=legacy', withSuccessor)).headers.get('Link')).toBe('</features/v1/l1?view=secrets>; rel="successor-version"');
+    expect((await batch(withSuccessor)).headers.get('Link')).toBe('</features/v1/batch>; rel="successor-version"');
+    expect(await successorOf(withSuccessor)).toBe('secrets');
+    expect(await successorOf(allKey)).toBe('secrets');
   });
 
   it('needs no key for health, readiness, metrics and the contract', async () => {
