@@ -57,17 +57,20 @@ export function specOperations(): { method: string; path: string }[] {
 }
 
 /** The spec path template matching a concrete path; literal paths win over templated ones. */
-export function matchPath(concrete: string): string | undefined {
+export function matchPath(concrete: string, method?: string): string | undefined {
   const candidates = Object.keys(spec.paths as Json).filter((template) => {
     const pattern = new RegExp(`^${template.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/\\\{[^}]+\\\}/g, '[^/]+')}$`);
     return pattern.test(concrete);
   });
-  return candidates.sort((a, b) => a.split('{').length - b.split('{').length)[0];
+  // The most literal template wins, among those with an operation for the method if one has (GET /features/v1/batch
+  // is the lookup of entity "batch": the batch path has no GET).
+  const withMethod = method ? candidates.filter((template) => (spec.paths[template] as Json)[method.toLowerCase()]) : [];
+  return (withMethod.length ? withMethod : candidates).sort((a, b) => a.split('{').length - b.split('{').length)[0];
 }
 
 export async function assertMatchesSpec(method: string, requestPath: string, response: Response): Promise<void> {
   const where = `${method} ${requestPath} → ${response.status}`;
-  const template = matchPath(requestPath);
+  const template = matchPath(requestPath, method);
   // An unknown route must still answer with a documented problem shape.
   const operation: Json | undefined = template ? (spec.paths[template] as Json)[method.toLowerCase()] : undefined;
   if (!operation) {
