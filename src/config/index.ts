@@ -10,19 +10,52 @@ const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
 
-const positiveInt = z.coerce.number().int().positive();
+// Numbers in plain decimal only: Number() would also take "0x1F90", "1e3" and "Infinity" (and " " as 0).
+const wholeNumber = z.string().regex(/^\d+$/, 'expected a whole number in decimal digits, such as 30').transform(Number);
+const decimalNumber = z.string().regex(/^\d+(\.\d+)?$/, 'expected a plain decimal number, such as 2.5').transform(Number);
+
+const positiveInt = (max = Number.MAX_SAFE_INTEGER) => wholeNumber.pipe(z.number().int().positive().max(max));
+
+/**
+ * A server URL with one of `schemes`. The syntax alone is not enough: a bare
+ * host:port parses as a URL (scheme "localhost:"), and the Postgres client
+ * then quietly connects to 127.0.0.1.
+ */
+const serverUrl = (schemes: readonly string[], example: string) =>
+  z.string().superRefine((value, ctx) => {
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      ctx.addIssue({
+        code: 'custom',
+        message: `not a valid URL; expected the form ${example}, with reserved characters (@ : / ? # %) in a user name or password percent-encoded, e.g. %40 for @ and %2F for /`,
+      });
+      return;
+    }
+    if (!schemes.includes(url.protocol.slice(0, -1)) || !/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
+      ctx.addIssue({ code: 'custom', message: `expected a URL starting with ${schemes.map((s) => `${s}://`).join(' or ')}, such as ${example}` });
+    }
+  });
+const postgresUrl = serverUrl(['postgres', 'postgresql'], 'postgres://user:password@host:5432/database');
+
+/** The value with any user-info masked (`//user:password@` as `//***@`), so an error never echoes a password. */
+function redact(value: string): string {
+  // Up to the last @: a password that breaks the URL may itself hold / or @.
+  return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/is, '$1***@');
+}
 
 const envSchema = z.object({
-  PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  PORT: wholeNumber.pipe(z.number().int().min(0).max(65535)).default(8080),
   HOST: z.string().min(1).default('0.0.0.0'),
-  DATABASE_URL: z.string().url().optional(),
-  REDIS_URL: z.string().url().optional(),
+  DATABASE_URL: postgresUrl.optional(),
+  REDIS_URL: serverUrl(['redis', 'rediss'], 'redis://cache:6379').optional(),
   DATABASE_REPLICA_URLS: z
     .string()
     .transform((v) => v.split(',').map((u) => u.trim()).filter(Boolean))
-    .pipe(z.array(z.string().url({ error: 'expected a comma-separated list of postgres:// URLs' })))
+    .pipe(z.array(postgresUrl))
     .optional(),
-  DATABASE_REPLICA_POLL_MS: positiveInt.default(250),
+  DATABASE_REPLICA_POLL_MS: positiveInt().default(250),
   REDIS_CLUSTER_NODES: z
     .string()
     .transform((text) => text.split(',').map((seed) => seed.trim()).filter(Boolean))
@@ -41,33 +74,33 @@ const envSchema = z.object({
   PGLITE_DATA_DIR: z.string().min(1).optional(),
   SYNC_ON_START: bool.optional(),
   SCHEDULER_ENABLED: bool.default(true),
-  SYNC_TIMEOUT_SECONDS: positiveInt.default(3600),
-  SYNC_BATCH_ROWS: positiveInt.max(1_000_000).default(8192),
-  SYNC_NICE: z.coerce.number().int().min(0).max(19).default(10),
-  SYNC_HEAP_MB: z.coerce.number().int().min(64).max(65536).default(192),
-  SYNC_RETRY_ATTEMPTS: positiveInt.max(20).default(3),
-  SYNC_RETRY_BASE_MS: positiveInt.default(1000),
-  CATALOG_REFRESH_MS: positiveInt.default(1000),
-  BATCH_MAX_IDS: positiveInt.max(10_000).default(1000),
-  REDIS_TIMEOUT_MS: positiveInt.default(250),
-  REQUEST_TIMEOUT_MS: positiveInt.default(1000),
-  MAX_IN_FLIGHT: positiveInt.default(512),
-  SHUTDOWN_GRACE_SECONDS: z.coerce.number().min(0).max(600).default(25),
-  RATE_LIMIT_PER_SECOND: z.coerce.number().positive().default(1000),
-  RATE_LIMIT_BURST: positiveInt.default(2000),
+  SYNC_TIMEOUT_SECONDS: positiveInt().default(3600),
+  SYNC_BATCH_ROWS: positiveInt(1_000_000).default(8192),
+  SYNC_NICE: wholeNumber.pipe(z.number().int().min(0).max(19)).default(10),
+  SYNC_HEAP_MB: wholeNumber.pipe(z.number().int().min(64).max(65536)).default(192),
+  SYNC_RETRY_ATTEMPTS: positiveInt(20).default(3),
+  SYNC_RETRY_BASE_MS: positiveInt().default(1000),
+  CATALOG_REFRESH_MS: positiveInt().default(1000),
+  BATCH_MAX_IDS: positiveInt(10_000).default(1000),
+  REDIS_TIMEOUT_MS: positiveInt().default(250),
+  REQUEST_TIMEOUT_MS: positiveInt().default(1000),
+  MAX_IN_FLIGHT: positiveInt().default(512),
+  SHUTDOWN_GRACE_SECONDS: decimalNumber.pipe(z.number().min(0).max(600)).default(25),
+  RATE_LIMIT_PER_SECOND: decimalNumber.pipe(z.number().positive()).default(1000),
+  RATE_LIMIT_BURST: positiveInt().default(2000),
   AUTH_MODE: z.enum(['keys', 'open'], { error: () => 'expected keys or open' }).optional(),
-  REDIS_FILL_TTL_SECONDS: positiveInt.default(86_400),
-  PROCESS_CACHE_ENTRIES: z.coerce.number().int().min(0).max(50_000_000).default(0),
-  REDIS_RETRY_AFTER_MS: positiveInt.default(1000),
-  SLO_LATENCY_THRESHOLD_MS: z.coerce.number().positive().default(10),
-  SLO_LATENCY_TARGET: z.coerce.number().gt(0).lt(1).default(0.99),
-  SLO_AVAILABILITY_TARGET: z.coerce.number().gt(0).lt(1).default(0.999),
-  SLO_WINDOW_DAYS: z.coerce.number().positive().max(90).default(28),
-  OTEL_EXPORTER_OTLP_ENDPOINT: z.string().url().optional(),
+  REDIS_FILL_TTL_SECONDS: positiveInt().default(86_400),
+  PROCESS_CACHE_ENTRIES: wholeNumber.pipe(z.number().int().min(0).max(50_000_000)).default(0),
+  REDIS_RETRY_AFTER_MS: positiveInt().default(1000),
+  SLO_LATENCY_THRESHOLD_MS: decimalNumber.pipe(z.number().positive()).default(10),
+  SLO_LATENCY_TARGET: decimalNumber.pipe(z.number().gt(0).lt(1)).default(0.99),
+  SLO_AVAILABILITY_TARGET: decimalNumber.pipe(z.number().gt(0).lt(1)).default(0.999),
+  SLO_WINDOW_DAYS: decimalNumber.pipe(z.number().positive().max(90)).default(28),
+  OTEL_EXPORTER_OTLP_ENDPOINT: serverUrl(['http', 'https'], 'http://otel-collector:4318').optional(),
   OTEL_SERVICE_NAME: z.string().min(1).default('feature-serving-api'),
   LOG_LEVEL: z.enum(['debug', 'info', 'warn', 'error', 'silent']).default('info'),
   REQUEST_LOG_LEVEL: z.enum(['debug', 'info', 'warn']).default('debug'),
-  WEB_CONCURRENCY: positiveInt.max(256).optional(),
+  WEB_CONCURRENCY: positiveInt(256).optional(),
 });
 
 /** Every environment variable the service reads (deployment descriptions are checked against it). */
@@ -139,14 +172,17 @@ export class ConfigError extends Error {
 }
 
 export function loadConfig(env: Record<string, string | undefined>, cwd = process.cwd()): Config {
-  // Empty strings count as unset, so `FOO=` in an env file behaves like no FOO.
+  // Blank values count as unset, so `FOO=` (or `FOO= `) in an env file behaves like no FOO.
   const cleaned = Object.fromEntries(
-    Object.entries(env).filter(([key, value]) => key in envSchema.shape && value !== undefined && value !== ''),
+    Object.entries(env)
+      .filter(([key, value]) => key in envSchema.shape && value !== undefined)
+      .map(([key, value]) => [key, value!.trim()])
+      .filter(([, value]) => value !== ''),
   );
   const parsed = envSchema.safeParse(cleaned);
   if (!parsed.success) {
     const lines = parsed.error.issues.map(
-      (issue) => `  ${issue.path.join('.')}: ${issue.message} (got ${JSON.stringify(cleaned[String(issue.path[0])])})`,
+      (issue) => `  ${issue.path.join('.')}: ${issue.message} (got ${JSON.stringify(redact(String(cleaned[String(issue.path[0])])))})`,
     );
     throw new ConfigError(`invalid environment:\n${lines.join('\n')}`);
   }

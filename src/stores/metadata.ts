@@ -297,6 +297,11 @@ export class RollbackError extends Error {
   override name = 'RollbackError';
 }
 
+/** Another run of the job holds its lock, so the rollback did not run (the CLI exits 3, as for a skipped sync). */
+export class JobBusyError extends RollbackError {
+  override name = 'JobBusyError';
+}
+
 /**
  * Switches readers back to the view's previous version in one commit and
  * records it as a run (trigger "rollback"). The version rolled away from is
@@ -324,7 +329,7 @@ export async function rollbackView(db: Database, view: string, lockKey: string):
       return { from, to, runId: Number(run!.run_id) };
     }),
   );
-  if (!locked.acquired) throw new RollbackError(`a sync of "${view}" is running; roll back after it ends`);
+  if (!locked.acquired) throw new JobBusyError(`a sync of "${view}" is running; roll back after it ends`);
   return locked.value;
 }
 

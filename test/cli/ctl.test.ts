@@ -1,16 +1,20 @@
 // `npm run sync -- <job>` runs one job once and says plainly how it went, with
 // an exit code a scheduler or a shell script can act on.
 import { spawnSync } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { freshDatabase } from '../support/db.js';
 import { tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
 import { startRedis, type RedisServer } from '../support/servers.js';
+import { PostgresDatabase } from '../../src/stores/postgres.js';
+import { jobLockKey } from '../../src/sync/engine.js';
 
 describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', () => {
   let redis: RedisServer;
   let database: { url: string; drop(): Promise<void> };
   let dir: string;
+  let incDir: string;
 
   const ctl = (args: string[], env: Record<string, string> = {}) =>
     spawnSync(process.execPath, ['--import', 'tsx', path.resolve('src/cli/ctl.ts'), ...args], {
@@ -30,6 +34,9 @@ describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', ()
       { view: 'good', source: good, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } },
       { view: 'bad', source: bad, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } },
     ]);
+    incDir = await tempDir('cli-inc');
+    const rows = await writeParquet(path.join(incDir, 'inc.parquet'), `SELECT 'u' || i AS id, TIMESTAMP '2026-01-01' + INTERVAL (i) HOUR AS t, i AS n FROM range(1, 11) t(i)`);
+    await writeFile(path.join(incDir, 'inc.yaml'), JSON.stringify({ view: 'inc', source: rows, entity_key: 'id', event_time: 't', mode: 'incremental', features: { n: { type: 'integer' } }, schedule: '0 0 * * *', freshness: '1d' }));
   });
 
   afterAll(async () => {
@@ -98,6 +105,68 @@ describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', ()
     expect(unknown.status).toBe(2);
     expect(unknown.stderr).toMatch(/unknown view\(s\) nope; views: bad, good/);
     expect(ctl(['keys', 'create', 'x']).stderr).toMatch(/say which views the key may read/);
+  });
+
+  it('takes --from only as an ISO 8601 instant, a date alone meaning midnight UTC', () => {
+    for (const from of ['Jan 1', '2026-02-30', '99999', '2026-01-01T00:00:00', '2026-01-01T24:00Z', '2026-01-01T12:00+25:00', '1969-12-31', '2201-01-01', '2026-1-1']) {
+      const result = ctl(['backfill', 'inc', '--from', from], { SYNC_JOBS_DIR: incDir });
+      expect(result.status, `${from}: ${result.stderr}`).toBe(2);
+      expect(result.stderr).toContain(`--from must be an ISO 8601 instant from 1970 to 2200: YYYY-MM-DD (midnight UTC) or YYYY-MM-DDTHH:MM[:SS[.fff]] with Z or ±HH:MM, such as 2026-01-01T00:00:00Z; got "${from}"`);
+    }
+    expect(ctl(['sync', 'inc'], { SYNC_JOBS_DIR: incDir }).status).toBe(0);
+    for (const from of ['2026-01-01', '2026-01-01T02:00+02:00', '2025-12-31T23:00:00.000-01:00']) {
+      const result = ctl(['backfill', 'inc', '--from', from], { SYNC_JOBS_DIR: incDir });
+      expect(result.status, `${from}: ${result.stderr}`).toBe(0);
+      expect(JSON.parse(result.stdout)).toMatchObject({ status: 'succeeded', details: { window_start: '2026-01-01T00:00:00.000Z' } });
+    }
+  });
+
+  it('exits 3 when a rollback finds another run holding the job', async () => {
+    const db = new PostgresDatabase({ url: database.url, maxConnections: 1 });
+    try {
+      const held = await db.withAdvisoryLock(jobLockKey('good'), async () => ctl(['rollback', 'good']));
+      expect(held.acquired).toBe(true);
+      const result = held.acquired ? held.value : undefined;
+      expect(result?.status, result?.stderr).toBe(3);
+      expect(result?.stderr).toMatch(/rollback of good skipped: a sync of "good" is running; roll back after it ends/);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('lists and revokes keys without reading the job definitions, which only keys create needs', async () => {
+    const broken = await tempDir('cli-broken');
+    await writeFile(path.join(broken, 'broken.yaml'), 'view: [\n');
+    const created = ctl(['keys', 'create', 'leaked', '--views', 'good']);
+    expect(created.status, created.stderr).toBe(0);
+    const listed = ctl(['keys', 'list'], { SYNC_JOBS_DIR: broken });
+    expect(listed.status, listed.stderr).toBe(0);
+    expect(listed.stdout).toContain('leaked');
+    const revoked = ctl(['keys', 'revoke', 'leaked'], { SYNC_JOBS_DIR: path.join(broken, 'missing') });
+    expect(revoked.status, revoked.stderr).toBe(0);
+    expect(JSON.parse(revoked.stdout)).toEqual({ revoked: 1 });
+    const create = ctl(['keys', 'create', 'other', '--views', 'good'], { SYNC_JOBS_DIR: broken });
+    expect(create.status).toBe(2);
+    expect(create.stderr).toContain('broken.yaml');
+  });
+
+  it('refuses options a command does not take, and rates or bursts Postgres cannot store', () => {
+    const refused = (args: string[], message: RegExp) => {
+      const result = ctl(args);
+      expect(result.status, `${args.join(' ')}: ${result.stderr}`).toBe(2);
+      expect(result.stderr).toMatch(message);
+    };
+    refused(['keys', 'list', '--views', 'secret'], /--views goes with keys create, not keys list/);
+    refused(['keys', 'revoke', 'x', '--rate', '5'], /--rate goes with keys create, not keys revoke/);
+    refused(['runs', 'good', '--force'], /--force goes with sync, not runs/);
+    refused(['sync', 'good', '--limit', '5'], /--limit goes with runs, not sync/);
+    refused(['rollback', 'good', '--from', '2026'], /--from goes with backfill, not rollback/);
+    refused(['keys', 'create', 'x', '--views', 'good', '--rate', 'Infinity'], /--rate must be a finite positive number of requests per second, got "Infinity"/);
+    refused(['keys', 'create', 'x', '--views', 'good', '--rate', '5', '--burst', '1e10'], /--burst must be a whole number from 1 to 2147483647, got "1e10"/);
+    refused(['keys', 'create', 'x', '--views', 'good', '--rate', '3e9'], /--rate 3e9 needs --burst: the default burst, the rate rounded up \(3000000000\), is above the most a key can hold \(2147483647\); give --burst M with M at most 2147483647/);
+    const largest = ctl(['keys', 'create', 'fast', '--views', 'good', '--rate', '2147483647']);
+    expect(largest.status, largest.stderr).toBe(0);
+    expect(JSON.parse(largest.stdout)).toMatchObject({ rate_limit: { perSecond: 2147483647, burst: 2147483647 } });
   });
 
   it('exits 1 naming the store when Postgres is unreachable', () => {

@@ -27,3 +27,79 @@ describe('configuration', () => {
     expect(loadConfig({ DATABASE_URL: '', REDIS_URL: '' }).embedded).toBe(true);
   });
 });
+
+describe('configuration: URL settings', () => {
+  const servers = { DATABASE_URL: 'postgres://db/x', REDIS_URL: 'redis://cache:6379' };
+
+  it('checks each URL setting’s scheme, naming the expected form', () => {
+    // A bare host:port parses as a URL with scheme "localhost:"; the Postgres client then connects to 127.0.0.1.
+    expect(() => loadConfig({ ...servers, DATABASE_URL: 'localhost:5432' })).toThrow(/DATABASE_URL: expected a URL starting with postgres:\/\/ or postgresql:\/\/, such as postgres:\/\/user:password@host:5432\/database \(got "localhost:5432"\)/);
+    expect(() => loadConfig({ ...servers, DATABASE_URL: 'db.internal:5432/features' })).toThrow(/DATABASE_URL: expected a URL starting with postgres:\/\//);
+    expect(() => loadConfig({ ...servers, DATABASE_URL: 'mysql://db/x' })).toThrow(/DATABASE_URL: expected a URL starting with postgres:\/\//);
+    expect(() => loadConfig({ ...servers, DATABASE_URL: 'postgres:db' })).toThrow(/DATABASE_URL: expected a URL starting with postgres:\/\//);
+    expect(() => loadConfig({ ...servers, REDIS_URL: 'http://cache:6379' })).toThrow(/REDIS_URL: expected a URL starting with redis:\/\/ or rediss:\/\/, such as redis:\/\/cache:6379/);
+    expect(() => loadConfig({ OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' })).toThrow(/OTEL_EXPORTER_OTLP_ENDPOINT: expected a URL starting with http:\/\/ or https:\/\/, such as http:\/\/otel-collector:4318/);
+    expect(() => loadConfig({ ...servers, DATABASE_REPLICA_URLS: 'postgres://db2/x, db3:5432' })).toThrow(/DATABASE_REPLICA_URLS\.1: expected a URL starting with postgres:\/\//);
+  });
+
+  it('accepts the schemes each setting takes', () => {
+    const config = loadConfig({
+      DATABASE_URL: 'postgresql://app:s%2Fcret@db:5432/x',
+      REDIS_URL: 'rediss://cache:6380',
+      DATABASE_REPLICA_URLS: 'postgres://db2/x,postgresql://db3/x',
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'https://collector:4318',
+    });
+    expect(config).toMatchObject({ databaseUrl: 'postgresql://app:s%2Fcret@db:5432/x', redisUrl: 'rediss://cache:6380', databaseReplicaUrls: ['postgres://db2/x', 'postgresql://db3/x'], otlpEndpoint: 'https://collector:4318' });
+  });
+
+  it('never echoes a password, and says reserved characters in one must be percent-encoded', () => {
+    const failure = (env: Record<string, string>) => {
+      try {
+        loadConfig(env);
+      } catch (error) {
+        return (error as Error).message;
+      }
+      throw new Error('expected loadConfig to throw');
+    };
+    const unparsable = failure({ ...servers, DATABASE_URL: 'postgres://app:s3cr3t/pw@db.internal:5432/features' });
+    expect(unparsable).toMatch(/DATABASE_URL: not a valid URL; .*percent-encoded.* \(got "postgres:\/\/\*\*\*@db.internal:5432\/features"\)/);
+    expect(unparsable).not.toContain('s3cr3t');
+    const wrongScheme = failure({ ...servers, DATABASE_URL: 'mysql://app:s3cr3t@db/x', REDIS_URL: 'redis://:hunter2@x:63 79' });
+    expect(wrongScheme).toContain('(got "mysql://***@db/x")');
+    expect(wrongScheme).toContain('(got "redis://***@x:63 79")');
+    const schemeless = failure({ ...servers, DATABASE_URL: 'app:s3cr3t@db:5432/x' });
+    expect(schemeless).toContain('(got "***@db:5432/x")');
+    const replicas = failure({ ...servers, DATABASE_REPLICA_URLS: 'postgres://app:s3cr3t@db2/x,db3:5432' });
+    expect(replicas).toContain('(got "postgres://***@db2/x,db3:5432")');
+    for (const message of [wrongScheme, schemeless, replicas]) expect(message).not.toMatch(/s3cr3t|hunter2/);
+  });
+});
+
+describe('configuration: numbers', () => {
+  it('treats blank values as unset', () => {
+    expect(loadConfig({ PORT: ' ', SHUTDOWN_GRACE_SECONDS: '\t', SYNC_NICE: ' \n' })).toMatchObject({ port: 8080, shutdownGraceMs: 25_000, syncNice: 10 });
+    expect(loadConfig({ PORT: ' 9090 ' }).port).toBe(9090);
+  });
+
+  it('takes only plain decimal numbers, naming the variable and the form', () => {
+    expect(() => loadConfig({ PORT: '0x1F90' })).toThrow(/PORT: expected a whole number in decimal digits, such as 30 \(got "0x1F90"\)/);
+    expect(() => loadConfig({ PORT: '1e3' })).toThrow(/PORT: expected a whole number in decimal digits/);
+    expect(() => loadConfig({ PORT: '80.5' })).toThrow(/PORT: expected a whole number in decimal digits/);
+    expect(() => loadConfig({ SYNC_BATCH_ROWS: '-5' })).toThrow(/SYNC_BATCH_ROWS: expected a whole number in decimal digits/);
+    expect(() => loadConfig({ SHUTDOWN_GRACE_SECONDS: '1e2' })).toThrow(/SHUTDOWN_GRACE_SECONDS: expected a plain decimal number, such as 2.5 \(got "1e2"\)/);
+    expect(() => loadConfig({ SLO_LATENCY_TARGET: '.99' })).toThrow(/SLO_LATENCY_TARGET: expected a plain decimal number/);
+    expect(() => loadConfig({ RATE_LIMIT_PER_SECOND: 'Infinity' })).toThrow(/RATE_LIMIT_PER_SECOND: expected a plain decimal number/);
+    expect(loadConfig({ PORT: '0', SHUTDOWN_GRACE_SECONDS: '2.5', SLO_LATENCY_TARGET: '0.95', SYNC_BATCH_ROWS: '1000000' })).toMatchObject({
+      port: 0,
+      shutdownGraceMs: 2500,
+      slo: { latencyTarget: 0.95 },
+      syncBatchRows: 1_000_000,
+    });
+  });
+
+  it('keeps the ranges', () => {
+    expect(() => loadConfig({ PORT: '65536' })).toThrow(/PORT: .*65535/);
+    expect(() => loadConfig({ SYNC_BATCH_ROWS: '0' })).toThrow(/SYNC_BATCH_ROWS: /);
+    expect(() => loadConfig({ SLO_LATENCY_TARGET: '1' })).toThrow(/SLO_LATENCY_TARGET: /);
+  });
+});
