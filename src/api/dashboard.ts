@@ -14,15 +14,15 @@ export function dashboardRoutes(deps: { readonly metrics: Metrics; readonly slo:
   const app = new Hono();
   const now = deps.now ?? Date.now;
   // The machine's latency buckets as earlier stats requests saw them, at most one a second: the oldest one kept is
-  // the newest that is at least a window old, the base the quantiles are taken from. A process's first request
-  // has no base and covers the time since start.
+  // the newest that is at least a window old, the base the quantiles are taken from. Until a process has one that
+  // old (its first minute of being asked), they cover the time since start.
   const seen: { at: number; buckets: LatencyBuckets }[] = [];
   const recentBuckets = (buckets: LatencyBuckets): LatencyBuckets => {
     const at = now();
-    if (seen.length === 0 || at - seen.at(-1)!.at >= 1000) seen.push({ at, buckets });
     while (seen.length > 1 && at - seen[1]!.at >= LATENCY_WINDOW_MS) seen.shift();
-    const base = seen[0]!;
-    return base.buckets === buckets ? buckets : bucketsSince(buckets, base.buckets);
+    const base = seen[0] && at - seen[0].at >= LATENCY_WINDOW_MS ? seen[0] : undefined;
+    if (seen.length === 0 || at - seen.at(-1)!.at >= 1000) seen.push({ at, buckets });
+    return base ? bucketsSince(buckets, base.buckets) : buckets;
   };
 
   app.get('/dashboard', (c) =>

@@ -809,7 +809,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Lookup rate and error rate over the last 10 s; p50 and p99 of lookup latency over about the last minute (since start on a process's first request). Over every serving process of the machine with WEB_CONCURRENCY > 1. */
+            /** @description Lookup rate and error rate over the last 10 s; p50 and p99 of lookup latency over about the last minute (since start during a process's first minute of answering them). Over every serving process of the machine with WEB_CONCURRENCY > 1. */
             200: {
                 headers: {
                     [name: string]: unknown;
