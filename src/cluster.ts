@@ -168,7 +168,8 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   const onExit = (worker: Worker, code: number | null, signal: string | null) => {
     const state = workers.get(worker);
     workers.delete(worker);
-    void retire(worker);
+    // Loud but not fatal: the primary keeps serving the sums without this worker's past counts.
+    retire(worker).catch((error: Error) => log.error('cluster.metrics_retire_failed', { worker: worker.id, error, message: "this worker's counters leave the /metrics sums, which Prometheus reads as a reset" }));
     for (const [key, waiter] of pending) if (key.startsWith(`${worker.id}:`) && pending.delete(key)) waiter.reject(new Error(`worker ${worker.id} (pid ${worker.process.pid}) exited while its figures were gathered`));
     if (stopping) return;
     if (!state?.ready && !started) {

@@ -287,7 +287,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     });
     // Closed by another run while it ran: whatever broke here (its table reclaimed under it, say) follows from that.
     const overtaken = caught instanceof RunSupersededError || !recorded;
-    if (overtaken && !(caught instanceof RunSupersededError)) error = `${superseded(runId).message} (it then failed: ${error})`;
+    if (!recorded && !(caught instanceof RunSupersededError)) error = `${superseded(runId).message} (it then failed: ${error})`;
     traceRun(error);
     const summary: RunSummary = { runId, job: job.view, status: 'failed', version, rowsRead, rowsWritten: 0, watermark, error, durationMs: Date.now() - started, details, transient: !overtaken && isTransient(caught) };
     log.error('sync.run', { status: 'failed', version, rows_read: rowsRead, error, duration_ms: summary.durationMs, ...details });

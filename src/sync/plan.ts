@@ -163,6 +163,8 @@ const MICROS_PER_UNIT: Record<EpochUnit, number> = { s: 1_000_000, ms: 1_000, us
 export const EPOCH_FLOOR_SECONDS = 100_000_000; // 1973-03-03T09:46:40Z
 export const EPOCH_CEILING_SECONDS = 7_258_118_400; // 2200-01-01T00:00:00Z
 const EPOCH_WINDOW_TEXT = '1973-03-03 and 2200-01-01';
+/** SQL: the time in `column` is outside the window epoch numbers are accepted in (one in the wrong unit lands there). */
+const outsideEpochWindow = (column: string) => `epoch(${column}) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS}`;
 
 function timeExpression(column: string, unit: EpochUnit | undefined): string {
   if (!unit) return `CAST(t.${column} AS TIMESTAMPTZ)`;
@@ -230,7 +232,7 @@ function rejectCase(job: JobDefinition): string {
     `WHEN event_time > now() + INTERVAL 1 DAY THEN '${job.eventTime}|the event time ' || strftime(event_time, ${ISO_UTC_DUCK}) || ' is more than a day in the future'`,
   ];
   if (job.eventTimeUnit) {
-    when.push(`WHEN epoch(event_time) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS} THEN '${job.eventTime}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown('event_time')} || ')'`);
+    when.push(`WHEN ${outsideEpochWindow('event_time')} THEN '${job.eventTime}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown('event_time')} || ')'`);
   }
   // A deletion carries no features, so feature rules do not apply to it.
   const live = 'NOT __deleted AND ';
@@ -241,7 +243,7 @@ function rejectCase(job: JobDefinition): string {
     if (f.type === 'double') when.push(`WHEN ${live}NOT isfinite(${col}) THEN '${name}|is NaN or infinite, which JSON cannot carry'`);
     if (f.type === 'integer') when.push(`WHEN ${live}abs(${col}) > ${MAX_SAFE_INTEGER} THEN '${name}|is beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly (got ' || ${shown(col)} || ')'`);
     if (f.type === 'string') when.push(`WHEN ${live}contains(${col}, chr(0)) THEN '${name}|contains a NUL character, which Postgres text cannot store'`);
-    if (f.unit) when.push(`WHEN ${live}epoch(${col}) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS} THEN '${name}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown(col)} || ')'`);
+    if (f.unit) when.push(`WHEN ${live}${outsideEpochWindow(col)} THEN '${name}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown(col)} || ')'`);
     if (f.min !== undefined) when.push(`WHEN ${live}${col} < ${f.min} THEN '${name}|is below the minimum ${f.min} (got ' || ${shown(col)} || ')'`);
     if (f.max !== undefined) when.push(`WHEN ${live}${col} > ${f.max} THEN '${name}|is above the maximum ${f.max} (got ' || ${shown(col)} || ')'`);
     if (f.allowed) when.push(`WHEN ${live}${col} NOT IN (${f.allowed.map(literal).join(', ')}) THEN '${name}|is not an allowed value (got ' || ${shown(col)} || ')'`);
@@ -257,7 +259,7 @@ function rejectCase(job: JobDefinition): string {
  * rejected rather than skipped: a unit switch in new rows cannot vanish.
  */
 export function checkedSql(job: JobDefinition, since: string | null): string {
-  const insane = job.eventTimeUnit ? ` OR epoch(event_time) NOT BETWEEN ${EPOCH_FLOOR_SECONDS} AND ${EPOCH_CEILING_SECONDS}` : '';
+  const insane = job.eventTimeUnit ? ` OR ${outsideEpochWindow('event_time')}` : '';
   const window = since ? ` WHERE event_time IS NULL OR event_time >= ${sqlString(since)}::TIMESTAMPTZ${insane}` : '';
   return `SELECT *, ${rejectCase(job)} AS reject FROM projected${window}`;
 }

@@ -142,10 +142,10 @@ export class SyncRunner {
             this.abandonReason ?? (timedOut ? `the run exceeded SYNC_TIMEOUT_SECONDS (${config.syncTimeoutMs / 1000} s) and was stopped` : `the sync process exited (${signal ?? `code ${code}`}) before finishing`);
           let error = `${died}; nothing of it was published`;
           // The child's lock died with it (or with its connection); close its run record here.
-          const closed = runId === undefined || (await finishRun(db, runId, { status: 'failed', error }).catch(() => true));
+          const closedHere = runId === undefined || (await finishRun(db, runId, { status: 'failed', error }).catch(() => true));
           // Already closed: the child published (then died reclaiming older versions, say) or recorded its failure
           // before it died. Its record says what happened, not this guess.
-          const record = closed ? undefined : await getRun(db, runId!).catch(() => undefined);
+          const record = closedHere ? undefined : await getRun(db, runId!).catch(() => undefined);
           if (record?.status === 'succeeded') {
             log.warn('sync.run', { job: job.view, run_id: runId, status: 'succeeded', version: record.version, error: `${died} after publishing` });
             return resolve({
