@@ -4,6 +4,7 @@
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { z } from 'zod';
+import { withDeadline } from '../deadline.js';
 import { ENTITY_ID_PATTERN, type Deprecation } from '../jobs/definition.js';
 import { mayRead, type KeyGrant } from '../stores/api-keys.js';
 import type { Catalog, ServedVersion, ServedView } from '../stores/catalog.js';
@@ -139,27 +140,22 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
   const app = new Hono();
 
   const budget = deps.requestTimeoutMs ?? 1000;
-  /** The read, or a StoreUnavailableError once the request's budget is spent: never a hang. */
-  function withinBudget<T>(work: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new StoreUnavailableError(`the stores did not answer within the ${budget} ms budget (REQUEST_TIMEOUT_MS)`)), budget);
-    });
-    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
-  }
-
-  /** Reads one version; if it was reclaimed under us, follows the catalog to the current one once. */
-  async function read(view: ServedView, ids: readonly string[]): Promise<{ version: ServedVersion; result: ReadResult }> {
-    let version = requireVersion(view);
-    let result: ReadResult;
+  /** Reads one version; if it was reclaimed under us, follows the catalog to the current one once, within the same budget. */
+  async function readVersion(view: ServedView, ids: readonly string[]): Promise<{ version: ServedVersion; result: ReadResult }> {
+    const version = requireVersion(view);
     try {
-      result = await withinBudget(reader.read(version, ids));
+      return { version, result: await reader.read(version, ids) };
     } catch (error) {
       if (!(error instanceof VersionGoneError)) throw error;
-      await withinBudget(catalog.refresh());
-      version = requireVersion(catalog.get(view.job.view)!);
-      result = await withinBudget(reader.read(version, ids));
+      await catalog.refresh();
+      const current = requireVersion(catalog.get(view.job.view)!);
+      return { version: current, result: await reader.read(current, ids) };
     }
+  }
+
+  /** The read, or a StoreUnavailableError once the request's budget is spent: never a hang. */
+  async function read(view: ServedView, ids: readonly string[]): Promise<{ version: ServedVersion; result: ReadResult }> {
+    const { version, result } = await withDeadline(readVersion(view, ids), budget, () => new StoreUnavailableError(`the stores did not answer within the ${budget} ms budget (REQUEST_TIMEOUT_MS)`));
     metrics.lookupsByTier.inc({ view: view.job.view, tier: result.tier }, ids.length);
     // Answers that took no I/O (memory) or came over many connections (Postgres) are sent with the turn's
     // other responses: writing each as soon as its request is read cost about 1.7x the CPU per lookup on

@@ -1,6 +1,7 @@
 // Owns the routes for operators and tooling: liveness, readiness, Prometheus
 // metrics and the OpenAPI document.
 import { Hono } from 'hono';
+import { withDeadline } from '../deadline.js';
 import type { Catalog } from '../stores/catalog.js';
 import type { Database } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
@@ -20,17 +21,11 @@ export interface OperationRouteDeps {
 const CHECK_TIMEOUT_MS = 1000;
 
 async function check(probe: () => Promise<void>): Promise<'ok' | 'unreachable'> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error('timeout')), CHECK_TIMEOUT_MS);
-  });
   try {
-    await Promise.race([probe(), timeout]);
+    await withDeadline(probe(), CHECK_TIMEOUT_MS, () => new Error('timeout'));
     return 'ok';
   } catch {
     return 'unreachable';
-  } finally {
-    clearTimeout(timer);
   }
 }
 

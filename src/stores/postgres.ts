@@ -3,6 +3,7 @@
 import { once } from 'node:events';
 import pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
+import { withDeadline } from '../deadline.js';
 import type { CopyStream, Database, LockResult, QueryOptions, Queryable } from './database.js';
 import { quoteIdent } from './database.js';
 
@@ -325,11 +326,15 @@ export class ReplicaSet {
   /**
    * Runs a read of one version (`generation` of `view`) on a replica that has
    * replayed it, trying each such replica in turn; undefined when none could
-   * answer, and the caller reads the primary.
+   * answer, and the caller reads the primary. All the replicas tried share one
+   * `clientTimeoutMs`: however many of them hang, the primary is asked while
+   * the lookup still has the rest of its budget.
    */
   async query<R>(view: string, generation: number, text: string, params: readonly unknown[], options?: QueryOptions): Promise<R[] | undefined> {
     const count = this.replicas.length;
     const start = this.next++ % count;
+    const { clientTimeoutMs } = this.options;
+    const deadline = performance.now() + clientTimeoutMs;
     for (let i = 0; i < count; i++) {
       const replica = this.replicas[(start + i) % count]!;
       const generations = replica.generations;
@@ -341,8 +346,13 @@ export class ReplicaSet {
         this.options.onSkip?.(replica.name, 'behind');
         continue;
       }
+      const left = deadline - performance.now();
+      // The replicas' share of this lookup is spent (one that hung took it): the primary answers.
+      if (left <= 0) break;
       try {
-        const rows = await runQuery<R>(replica.pool, text, params, options);
+        // The pool's own timeouts end the query later; the replica is marked down below either way.
+        const read = runQuery<R>(replica.pool, text, params, options);
+        const rows = await withDeadline(read, left, () => new Error(`it did not answer a read within ${clientTimeoutMs} ms`));
         this.options.onRead?.(replica.name);
         return rows;
       } catch (error) {

@@ -35,6 +35,7 @@
 // story.
 import { createHash } from 'node:crypto';
 import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
+import { withDeadline } from '../deadline.js';
 import { ReadCoalescer } from './coalesce.js';
 import type { HotTier } from './hot-tier.js';
 import { hotKeyPrefix } from './hot-tier.js';
@@ -335,11 +336,7 @@ export class RedisClusterHotTier implements HotTier {
 
   /** Bounds a call, whatever ioredis does underneath (redirections, reconnection), so a failover costs at most this. */
   private within<T>(what: string, work: Promise<T>, ms = this.timeoutMs): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new RedisClusterTimeoutError(`Redis Cluster ${what} did not finish within ${this.timeoutMs} ms`)), Math.max(0, ms));
-    });
-    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+    return withDeadline(work, ms, () => new RedisClusterTimeoutError(`Redis Cluster ${what} did not finish within ${this.timeoutMs} ms`));
   }
 }
 

@@ -139,10 +139,14 @@ describe('Postgres read replicas', () => {
     // Single lookups and a missing entity agree too.
     for (const id of ['k7', 'k1234', 'ghost']) {
       await redisClient.flushall();
-      const [x, y] = await Promise.all([
-        fetch(`http://127.0.0.1:${routed.port}/features/v1/${id}?view=rep`).then(async (r) => [r.status, await r.json()]),
-        fetch(`http://127.0.0.1:${single.port}/features/v1/${id}?view=rep`).then(async (r) => [r.status, await r.json()]),
-      ]);
+      // Without the data's age, which may tick between the two answers.
+      const answer = async (server: RunningServer) => {
+        const response = await fetch(`http://127.0.0.1:${server.port}/features/v1/${id}?view=rep`);
+        const body = (await response.json()) as { metadata?: { age_seconds?: number } };
+        delete body.metadata?.age_seconds;
+        return [response.status, body];
+      };
+      const [x, y] = await Promise.all([answer(routed), answer(single)]);
       expect(x).toEqual(y);
     }
 
@@ -272,6 +276,32 @@ describe('Postgres read replicas', () => {
     expect(await avoided()).toBeGreaterThan(avoidedBefore);
     const aReads = await reads(replicaA);
     await expect.poll(async () => (await coldBatch(routed, ids(20, 5)), (await reads(replicaA)) > aReads), { timeout: 20_000, interval: 50 }).toBe(true);
+  });
+
+  it('replicas that all hang share one replica timeout: the primary still answers, well inside the budget', async () => {
+    const replicaStates = async () => {
+      const ready = (await (await fetch(`http://127.0.0.1:${routed.port}/readyz`)).json()) as { checks: { replicas: { status: string }[] } };
+      return ready.checks.replicas.map((r) => r.status);
+    };
+    await expect.poll(replicaStates, { timeout: 20_000, interval: 50 }).toEqual(['ok', 'ok']);
+    await redisClient.flushall();
+    // Both are still taken for healthy when the lookup meets them: a poll only marks one down after its timeout.
+    replicaA.freeze();
+    replicaB.freeze();
+    try {
+      const started = performance.now();
+      const response = await fetch(`http://127.0.0.1:${routed.port}/features/v1/k42?view=rep`);
+      const elapsed = performance.now() - started;
+      expect(response.status).toBe(200);
+      expect(((await response.json()) as { features: { n: number } }).features.n).toBe(42 * 1000 + 2);
+      // One replica timeout (REQUEST_TIMEOUT_MS / 3 = 666 ms) and the primary's answer. Each frozen replica used
+      // to take a timeout of its own (1333 ms here; with three, the whole budget and a 503).
+      expect(elapsed).toBeLessThan(1100);
+    } finally {
+      replicaA.thaw();
+      replicaB.thaw();
+    }
+    await expect.poll(replicaStates, { timeout: 20_000, interval: 50 }).toEqual(['ok', 'ok']);
   });
 
   it('with the primary stopped, the replicas still answer what the hot tier misses, for the version already served', async () => {
