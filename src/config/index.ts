@@ -81,7 +81,8 @@ const envSchema = z.object({
   SYNC_RETRY_ATTEMPTS: positiveInt(20).default(3),
   SYNC_RETRY_BASE_MS: positiveInt().default(1000),
   CATALOG_REFRESH_MS: positiveInt().default(1000),
-  BATCH_MAX_IDS: positiveInt(10_000).default(1000),
+  // openapi.yaml promises clients (and the generated SDK checks) at most 1000 ids; a larger limit would break that contract.
+  BATCH_MAX_IDS: wholeNumber.pipe(z.number().int().positive().max(1000, 'at most 1000, the batch size openapi.yaml allows clients')).default(1000),
   REDIS_TIMEOUT_MS: positiveInt().default(250),
   REQUEST_TIMEOUT_MS: positiveInt().default(1000),
   MAX_IN_FLIGHT: positiveInt().default(512),

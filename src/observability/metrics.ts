@@ -29,7 +29,7 @@ export class Metrics {
 
   readonly hotTierErrors = new client.Counter({
     name: 'featurestore_hot_tier_errors_total',
-    help: 'Hot-tier (Redis) commands that failed or timed out; lookups fell back to Postgres.',
+    help: 'Hot-tier (Redis) commands that failed or timed out, and values it held that could not be decoded; those lookups were answered from Postgres.',
     registers: [this.registry],
   });
 

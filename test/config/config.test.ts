@@ -101,5 +101,8 @@ describe('configuration: numbers', () => {
     expect(() => loadConfig({ PORT: '65536' })).toThrow(/PORT: .*65535/);
     expect(() => loadConfig({ SYNC_BATCH_ROWS: '0' })).toThrow(/SYNC_BATCH_ROWS: /);
     expect(() => loadConfig({ SLO_LATENCY_TARGET: '1' })).toThrow(/SLO_LATENCY_TARGET: /);
+    // The API contract's maxItems: a larger batch limit would answer batches the spec and the SDK refuse.
+    expect(() => loadConfig({ BATCH_MAX_IDS: '1001' })).toThrow(/BATCH_MAX_IDS: at most 1000, the batch size openapi.yaml allows/);
+    expect(loadConfig({ BATCH_MAX_IDS: '1000' }).batchMaxIds).toBe(1000);
   });
 });
