@@ -1,17 +1,20 @@
 // Lookups through a Redis Cluster against lookups through one Redis node, in
 // the same run on the same machine: a benchmark, not a test (it asserts
-// nothing). Starts its own Postgres, one Redis node and a Redis Cluster of
-// three masters with one replica each, syncs the same Parquet data into both
-// setups through the real sync path (ctl, from dist/), runs one API process
-// per setup, and drives autocannon (bench/load.ts, its own process) at each in
-// rounds. Each round of single lookups measures the setups in the order
-// A B B A (the next round B A A B) and gives one ratio, the cluster's two
-// slices over the node's two, so drift within a round cancels too; the ratio
-// reported is the median over the rounds. On a shared 2-core VM one setup's
-// own rate moves by 20-30% between slices seconds apart, so the same rounds
-// also give a control: each setup's second slice over its first, which a
-// perfect machine would put at 1.00x. Its spread is the noise floor of the
-// comparison, printed beside it. Batches are a reference: alternating pairs.
+// nothing). Starts its own Postgres, one Redis node, a Redis Cluster of three
+// masters with one replica each and, for reference, a Redis Cluster of one
+// master (every slot on one node: the cluster client and read path without
+// the extra masters). Syncs the same Parquet data into each setup through the
+// real sync path (ctl, from dist/), runs one API process per setup, and
+// drives autocannon (bench/load.ts, its own process) at each in rounds. Each
+// round of single lookups measures every setup twice in mirrored order
+// (A B C C B A, the first setup rotating from round to round) and gives each
+// cluster one ratio, its two slices over the node's two, so drift within a
+// round cancels; the ratio reported is the median over the rounds. On a
+// shared 2-core VM one setup's own rate moves by 20-30% between slices
+// seconds apart, so the same rounds also give a control: each setup's second
+// slice over its first, which a perfect machine would put at 1.00x. Its spread
+// is the noise floor of the comparison, printed beside it. Batches are a
+// reference: alternating pairs, node and three-master cluster.
 //
 // Standalone: `node --import tsx bench/cluster.ts` builds, runs and prints one
 // JSON object. From bench/run.ts: `await benchRedisCluster({ ... })` after the
@@ -64,7 +67,17 @@ export interface ClusterBenchResult {
   };
   /** Batch lookups (requests/s of `batch` entities each): alternating pairs, for reference. */
   readonly batch: Comparison & { readonly size: number };
+  /**
+   * Single lookups through a Redis Cluster of one master (same rounds and
+   * control as `single`): the cluster client and read path without the extra
+   * masters, so `single` against this tells what reading three masters costs.
+   */
+  readonly clusterOfOne: Comparison & { readonly control: number[] };
 }
+
+type Setup = 'node' | 'cluster' | 'one';
+const SETUPS: readonly Setup[] = ['node', 'cluster', 'one'];
+const DESCRIBED: Record<Setup, string> = { node: 'one Redis node', cluster: 'the Redis Cluster', one: 'a Redis Cluster of one master' };
 
 export interface Comparison {
   readonly node: ClusterLoadResult;
@@ -166,7 +179,7 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     return result;
   };
 
-  log(`starting Postgres, one Redis node and a 3×2 Redis Cluster; ${rows} rows, ${rounds} rounds of 4 slices of ${seconds} s`);
+  log(`starting Postgres, one Redis node, a 3×2 Redis Cluster and a cluster of one master; ${rows} rows, ${rounds} rounds of 6 slices of ${seconds} s`);
   const postgres = await startPostgres();
   const redis = await startRedis().catch(async (error) => {
     await postgres.destroy();
@@ -174,6 +187,10 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
   });
   const cluster = await startRedisCluster().catch(async (error) => {
     await Promise.allSettled([redis.destroy(), postgres.destroy()]);
+    throw error;
+  });
+  const one = await startRedis({ clusterOfOne: true }).catch(async (error) => {
+    await Promise.allSettled([cluster.destroy(), redis.destroy(), postgres.destroy()]);
     throw error;
   });
   const apis: ChildProcess[] = [];
@@ -185,36 +202,49 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     await mkdir(jobs);
     await writeFile(path.join(jobs, 'bench.yaml'), JSON.stringify({ view: 'bench', source: parquet, entity_key: 'id', event_time: 'updated_at', features: FEATURES, schedule: '0 0 1 1 *', freshness: '3650d' }));
 
-    // Same data, same code, two databases: only the hot tier differs.
+    // Same data, same code, three databases: only the hot tier differs.
     const base = { ...process.env, SYNC_JOBS_DIR: jobs, LOG_LEVEL: 'warn', AUTH_MODE: 'open' };
-    const envs = {
+    const envs: Record<Setup, NodeJS.ProcessEnv> = {
       node: { ...base, DATABASE_URL: await postgres.createDatabase('bench_node'), REDIS_URL: redis.url },
       cluster: { ...base, DATABASE_URL: await postgres.createDatabase('bench_cluster'), REDIS_CLUSTER_NODES: cluster.nodes },
+      one: { ...base, DATABASE_URL: await postgres.createDatabase('bench_one'), REDIS_CLUSTER_NODES: `127.0.0.1:${one.port}` },
     };
-    for (const [name, env] of Object.entries(envs)) {
-      log(`syncing ${rows} rows into Postgres + ${name === 'node' ? 'one Redis node' : 'the Redis Cluster'}`);
-      execFileSync(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    for (const setup of SETUPS) {
+      log(`syncing ${rows} rows into Postgres + ${DESCRIBED[setup]}`);
+      execFileSync(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], { env: envs[setup], stdio: ['ignore', 'ignore', 'inherit'] });
     }
-    const ports = { node: await freePort(), cluster: await freePort() };
-    apis.push(await startApi(envs.node, ports.node), await startApi(envs.cluster, ports.cluster));
-    const pids = { node: apis[0]!.pid!, cluster: apis[1]!.pid! };
+    const ports = {} as Record<Setup, number>;
+    const pids = {} as Record<Setup, number>;
+    for (const setup of SETUPS) {
+      ports[setup] = await freePort();
+      const api = await startApi(envs[setup], ports[setup]);
+      apis.push(api);
+      pids[setup] = api.pid!;
+    }
 
-    // Warm-up, then the rounds of single lookups: A B B A, then B A A B, and so on.
-    load(ports.node, 0);
-    load(ports.cluster, 0);
+    // Warm-up, then the rounds of single lookups. Each round measures every setup twice, in mirrored order (A B C C B A),
+    // so a drift that is linear over the round cancels from every ratio; the first setup rotates from round to round.
+    for (const setup of SETUPS) load(ports[setup], 0);
     const show = (r: ClusterLoadResult) => `${r.rps.toFixed(0)} req/s (${r.apiCpuUs!.toFixed(0)} µs CPU/req)`;
-    const single = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], ratios: [] as number[], control: [] as number[] };
+    const slices = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], one: [] as ClusterLoadResult[] };
+    const ratios = { cluster: [] as number[], one: [] as number[] };
+    const control = { cluster: [] as number[], one: [] as number[] };
     for (let i = 0; i < rounds; i++) {
-      const [outer, inner] = i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const);
-      const slices = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[] };
-      for (const setup of [outer, inner, inner, outer]) slices[setup].push(load(ports[setup], 0, pids[setup]));
+      const half = [0, 1, 2].map((k) => SETUPS[(i + k) % SETUPS.length]!);
+      const order = [...half, ...[...half].reverse()];
+      const round = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], one: [] as ClusterLoadResult[] };
+      for (const setup of order) round[setup].push(load(ports[setup], 0, pids[setup]));
       const sum = (results: ClusterLoadResult[]) => results.reduce((a, r) => a + r.rps, 0);
-      const ratio = sum(slices.cluster) / sum(slices.node);
-      single.ratios.push(ratio);
-      single.control.push(slices.node[1]!.rps / slices.node[0]!.rps, slices.cluster[1]!.rps / slices.cluster[0]!.rps);
-      single.node.push(...slices.node);
-      single.cluster.push(...slices.cluster);
-      log(`round ${i + 1} (${outer} ${inner} ${inner} ${outer}): node ${slices.node.map(show).join(', ')}; cluster ${slices.cluster.map(show).join(', ')}: ${ratio.toFixed(2)}×`);
+      const again = (results: ClusterLoadResult[]) => results[1]!.rps / results[0]!.rps;
+      for (const setup of ['cluster', 'one'] as const) {
+        ratios[setup].push(sum(round[setup]) / sum(round.node));
+        control[setup].push(again(round.node), again(round[setup]));
+      }
+      for (const setup of SETUPS) slices[setup].push(...round[setup]);
+      log(
+        `round ${i + 1} (${order.join(' ')}): ${SETUPS.map((setup) => `${setup} ${round[setup].map(show).join(', ')}`).join('; ')}: ` +
+          `cluster ${ratios.cluster.at(-1)!.toFixed(2)}×, one master ${ratios.one.at(-1)!.toFixed(2)}×`,
+      );
     }
     // Batches, for reference: alternating pairs, half as many rounds (at least 2).
     const batch = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[] };
@@ -222,7 +252,7 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
       for (const setup of i % 2 === 0 ? (['node', 'cluster'] as const) : (['cluster', 'node'] as const)) batch[setup].push(load(ports[setup], batchSize, pids[setup]));
       log(`batch round ${i + 1}: node ${show(batch.node.at(-1)!)}, cluster ${show(batch.cluster.at(-1)!)}: ${(batch.cluster.at(-1)!.rps / batch.node.at(-1)!.rps).toFixed(2)}×`);
     }
-    // Slices are paired by index: the node's k-th slice of a round with the cluster's k-th.
+    // Slices are paired by index: the node's k-th slice of a round with the other setup's k-th.
     const compare = (node: ClusterLoadResult[], clustered: ClusterLoadResult[], ratios: number[]): Comparison => ({
       node: medianOf(node),
       cluster: medianOf(clustered),
@@ -230,12 +260,13 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
       ratios,
       cpuRatio: median(node.map((n, i) => n.apiCpuUs! / clustered[i]!.apiCpuUs!)),
     });
-    const singleResult = { ...compare(single.node, single.cluster, single.ratios), control: single.control };
+    const singleResult = { ...compare(slices.node, slices.cluster, ratios.cluster), control: control.cluster };
+    const oneResult = { ...compare(slices.node, slices.one, ratios.one), control: control.one };
     const batchResult = compare(batch.node, batch.cluster, batch.node.map((n, i) => batch.cluster[i]!.rps / n.rps));
-    return { rows, rounds, seconds, connections, single: singleResult, batch: { size: batchSize, ...batchResult } };
+    return { rows, rounds, seconds, connections, single: singleResult, batch: { size: batchSize, ...batchResult }, clusterOfOne: oneResult };
   } finally {
     await Promise.allSettled(apis.map(stopApi));
-    await Promise.allSettled([cluster.destroy(), redis.destroy(), postgres.destroy()]);
+    await Promise.allSettled([cluster.destroy(), one.destroy(), redis.destroy(), postgres.destroy()]);
   }
 }
 

@@ -171,12 +171,28 @@ process.on('exit', () => {
   for (const child of liveChildren) child.kill('SIGKILL');
 });
 
-export async function startRedis(): Promise<RedisServer> {
+export interface RedisOptions {
+  /**
+   * A Redis Cluster of this one node: cluster mode on, every slot its own, so
+   * REDIS_CLUSTER_NODES=127.0.0.1:<port> reaches it through the cluster client.
+   * The benchmark uses it to tell the cluster read path's own cost from that
+   * of reading several masters.
+   */
+  readonly clusterOfOne?: boolean;
+}
+
+export async function startRedis(options: RedisOptions = {}): Promise<RedisServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'fs-redis-'));
   const port = await freePort();
+  let busPort = await freePort();
+  while (busPort === port) busPort = await freePort();
+  // A lone node does not know its own address until another node tells it: announce it, or CLUSTER SLOTS names no host.
+  const cluster = options.clusterOfOne
+    ? ['--cluster-enabled', 'yes', '--cluster-port', String(busPort), '--cluster-config-file', path.join(dir, 'nodes.conf'), '--cluster-announce-ip', '127.0.0.1']
+    : [];
   let child: ChildProcess | undefined;
   const start = async () => {
-    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', dir], {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', dir, ...cluster], {
       stdio: 'ignore',
     });
     child = proc;
@@ -184,6 +200,10 @@ export async function startRedis(): Promise<RedisServer> {
     proc.once('exit', () => liveChildren.delete(proc));
     const failed = new Promise<never>((_, reject) => proc.once('error', (error) => reject(new Error(`cannot start redis-server (apt-get install redis-server): ${error.message}`))));
     await Promise.race([waitFor('Redis', 10_000, () => redisAnswers(port)), failed]);
+    if (!options.clusterOfOne) return;
+    // Slots stay assigned across a restart (nodes.conf).
+    if (/cluster_slots_assigned:0\b/.test(redisCli(port, 'CLUSTER', 'INFO'))) redisCli(port, 'CLUSTER', 'ADDSLOTSRANGE', '0', '16383');
+    await waitFor('a Redis Cluster of one node (cluster_state:ok)', 10_000, async () => redisCli(port, 'CLUSTER', 'INFO').includes('cluster_state:ok'));
   };
   const stop = async () => {
     const proc = child;
