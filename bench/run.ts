@@ -366,7 +366,7 @@ async function main(): Promise<void> {
     };
     const control = clusterBench.single.control;
     report(
-      'Lookups/s through a Redis Cluster (median of A B B A rounds)',
+      'Lookups/s through a Redis Cluster (median of A B C C B A rounds)',
       clusterBench.single.cluster.rps.toFixed(0),
       `${clusterBench.single.node.rps.toFixed(0)} (one Redis node; rounds ${list(clusterBench.single.ratios)}${failures(clusterBench.single)})`,
       clusterBench.single.ratio,
