@@ -230,7 +230,7 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     const ratios = { cluster: [] as number[], one: [] as number[] };
     const control = { cluster: [] as number[], one: [] as number[] };
     for (let i = 0; i < rounds; i++) {
-      const half = [0, 1, 2].map((k) => SETUPS[(i + k) % SETUPS.length]!);
+      const half = SETUPS.map((_, k) => SETUPS[(i + k) % SETUPS.length]!);
       const order = [...half, ...[...half].reverse()];
       const round = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], one: [] as ClusterLoadResult[] };
       for (const setup of order) round[setup].push(load(ports[setup], 0, pids[setup]));

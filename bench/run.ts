@@ -383,7 +383,7 @@ async function main(): Promise<void> {
     );
     report('  for reference: API CPU per lookup, one node over the cluster (µs)', clusterBench.single.cluster.apiCpuUs!.toFixed(0), `${clusterBench.single.node.apiCpuUs!.toFixed(0)} (one Redis node)`, clusterBench.single.cpuRatio, 'info', null);
     report(`  for reference: batches of ${clusterBench.batch.size} through the cluster (req/s)`, clusterBench.batch.cluster.rps.toFixed(0), `${clusterBench.batch.node.rps.toFixed(0)} (one Redis node; rounds ${list(clusterBench.batch.ratios)}${failures(clusterBench.batch)})`, clusterBench.batch.ratio, 'info', null);
-    // The same cluster client and read path on a cluster of one master: the gap between this row and the one above is
+    // The same cluster client and read path on a cluster of one master: the gap between this row and the cluster row is
     // what reading three masters per coalesced read costs, apart from the cluster code itself.
     const one = clusterBench.clusterOfOne;
     report(

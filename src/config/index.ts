@@ -14,7 +14,7 @@ const bool = z
 const wholeNumber = z.string().regex(/^\d+$/, 'expected a whole number in decimal digits, such as 30').transform(Number);
 const decimalNumber = z.string().regex(/^\d+(\.\d+)?$/, 'expected a plain decimal number, such as 2.5').transform(Number);
 
-const positiveInt = (max = Number.MAX_SAFE_INTEGER) => wholeNumber.pipe(z.number().int().positive().max(max));
+const positiveInt = (max = Number.MAX_SAFE_INTEGER, beyondMax?: string) => wholeNumber.pipe(z.number().int().positive().max(max, beyondMax));
 
 /**
  * A server URL with one of `schemes`. The syntax alone is not enough: a bare
@@ -82,7 +82,7 @@ const envSchema = z.object({
   SYNC_RETRY_BASE_MS: positiveInt().default(1000),
   CATALOG_REFRESH_MS: positiveInt().default(1000),
   // openapi.yaml promises clients (and the generated SDK checks) at most 1000 ids; a larger limit would break that contract.
-  BATCH_MAX_IDS: wholeNumber.pipe(z.number().int().positive().max(1000, 'at most 1000, the batch size openapi.yaml allows clients')).default(1000),
+  BATCH_MAX_IDS: positiveInt(1000, 'at most 1000, the batch size openapi.yaml allows clients').default(1000),
   REDIS_TIMEOUT_MS: positiveInt().default(250),
   REQUEST_TIMEOUT_MS: positiveInt().default(1000),
   MAX_IN_FLIGHT: positiveInt().default(512),

@@ -349,14 +349,22 @@ export class ReplicaSet {
       const left = deadline - performance.now();
       // The replicas' share of this lookup is spent (one that hung took it): the primary answers.
       if (left <= 0) break;
+      // Given only what an earlier replica left of the share (1 ms of slack for getting here), running out of it says
+      // nothing about this one: it is not marked down for that, and its polls still judge it.
+      const partial = left < clientTimeoutMs - 1;
+      let shareSpent = false;
       try {
-        // The pool's own timeouts end the query later; the replica is marked down below either way.
+        // The pool's own timeouts end the query later.
         const read = runQuery<R>(replica.pool, text, params, options);
-        const rows = await withDeadline(read, left, () => new Error(`it did not answer a read within ${clientTimeoutMs} ms`));
+        const rows = await withDeadline(read, left, () => {
+          shareSpent = true;
+          return new Error(`it did not answer a read within ${clientTimeoutMs} ms`);
+        });
         this.options.onRead?.(replica.name);
         return rows;
       } catch (error) {
         this.options.onSkip?.(replica.name, 'failed');
+        if (shareSpent && partial) break;
         if (REPLICA_BENIGN_CODES.has((error as { code?: string }).code ?? '')) continue;
         // Unused until a poll finds it healthy again (it may come back as another server, so what it had replayed is forgotten).
         if (replica.generations === generations) {

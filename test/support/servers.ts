@@ -184,12 +184,13 @@ export interface RedisOptions {
 export async function startRedis(options: RedisOptions = {}): Promise<RedisServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'fs-redis-'));
   const port = await freePort();
-  let busPort = await freePort();
-  while (busPort === port) busPort = await freePort();
-  // A lone node does not know its own address until another node tells it: announce it, or CLUSTER SLOTS names no host.
-  const cluster = options.clusterOfOne
-    ? ['--cluster-enabled', 'yes', '--cluster-port', String(busPort), '--cluster-config-file', path.join(dir, 'nodes.conf'), '--cluster-announce-ip', '127.0.0.1']
-    : [];
+  const cluster: string[] = [];
+  if (options.clusterOfOne) {
+    let busPort = await freePort();
+    while (busPort === port) busPort = await freePort();
+    // A lone node does not know its own address until another node tells it: announce it, or CLUSTER SLOTS names no host.
+    cluster.push('--cluster-enabled', 'yes', '--cluster-port', String(busPort), '--cluster-config-file', path.join(dir, 'nodes.conf'), '--cluster-announce-ip', '127.0.0.1');
+  }
   let child: ChildProcess | undefined;
   const start = async () => {
     const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', '--dir', dir, ...cluster], {
