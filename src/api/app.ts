@@ -82,7 +82,7 @@ export function createApp(deps: AppDeps): Hono {
     // A server span per request, continuing the caller's trace when it sends a traceparent.
     app.use(async (c, next) => {
       const parent = deps.tracing.extract(c.req.header());
-      const span = tracer.startSpan(c.req.method, { kind: SpanKind.SERVER, attributes: { 'http.request.method': c.req.method, 'url.path': c.req.path } }, parent);
+      const span = tracer.startSpan(c.req.method, { kind: SpanKind.SERVER, attributes: { 'http.request.method': c.req.method } }, parent);
       try {
         await context.with(trace.setSpan(parent, span), next);
       } finally {
@@ -90,6 +90,7 @@ export function createApp(deps: AppDeps): Hono {
         const route = last === '/*' || last === '*' ? undefined : last;
         span.updateName(route ? `${c.req.method} ${route}` : c.req.method);
         if (route) span.setAttribute('http.route', route);
+        span.setAttribute('url.path', route ? scrubbedPath(c.req.path, route) : c.req.path);
         span.setAttribute('http.response.status_code', c.res.status);
         if (c.res.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
         span.end();
@@ -191,6 +192,21 @@ export function createApp(deps: AppDeps): Hono {
     return problemResponse(c, new ApiError('internal', 'an unexpected error occurred; it has been logged with this request id', { request_id: c.get('requestId') }));
   });
   return app;
+}
+
+/**
+ * The request path with the entity id replaced by REDACTED: an entity id may
+ * name a person, and traces leave this process (OpenTelemetry asks that
+ * sensitive parts of url.path be scrubbed). Other parameters (job names) are
+ * the operator's own and stay. Logs carry only the route template.
+ */
+export function scrubbedPath(path: string, route: string): string {
+  const template = route.split('/');
+  if (!template.includes(':entity_id')) return path;
+  return path
+    .split('/')
+    .map((segment, i) => (template[i] === ':entity_id' ? 'REDACTED' : segment))
+    .join('/');
 }
 
 declare module 'hono' {

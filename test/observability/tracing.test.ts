@@ -54,7 +54,9 @@ describe('tracing and Server-Timing', () => {
     expect(serverSpan).toBeDefined();
     expect(serverSpan.spanContext().traceId).toBe(TRACE_ID);
     expect(parentOf(serverSpan)).toBe(CALLER_SPAN);
-    expect(serverSpan.attributes).toMatchObject({ 'http.request.method': 'GET', 'http.route': '/features/v1/:entity_id', 'http.response.status_code': 200 });
+    expect(serverSpan.attributes).toMatchObject({ 'http.request.method': 'GET', 'http.route': '/features/v1/:entity_id', 'url.path': '/features/v1/REDACTED', 'http.response.status_code': 200 });
+    // The entity id is caller data: no span attribute carries it.
+    for (const span of spans) expect(JSON.stringify(span.attributes)).not.toContain('k3');
     const redisSpan = spans.find((s) => s.name === 'redis get')!;
     expect(redisSpan.spanContext().traceId).toBe(TRACE_ID);
     expect(parentOf(redisSpan)).toBe(serverSpan.spanContext().spanId);
