@@ -39,7 +39,8 @@ export interface paths {
          * Features of many entities of one view
          * @description Answers every id with its own status: `PRESENT` with its features, or
          *     `NOT_FOUND`. Results are in request order (repeated ids are answered
-         *     each time). At most `BATCH_MAX_IDS` ids (default 1000).
+         *     each time). At most `BATCH_MAX_IDS` ids: 1000 by default and at most; a
+         *     server may set it lower.
          */
         post: operations["getFeaturesBatch"];
         delete?: never;
@@ -263,7 +264,7 @@ export interface components {
         BatchRequest: {
             /** @description Required unless the server has exactly one view. */
             view?: string;
-            /** @description At most BATCH_MAX_IDS (default 1000). */
+            /** @description At most BATCH_MAX_IDS, 1000 by default and at most; a server may set it lower. */
             entity_ids: components["schemas"]["EntityId"][];
             /** @description Feature names to return; all features when absent. */
             features?: string[];
