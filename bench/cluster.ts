@@ -27,6 +27,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { tempDir } from '../test/support/fixtures.js';
+import { ctlArgs } from './ctl.js';
 import { median } from './stats.js';
 import { freePort, startPostgres, startRedis, startRedisCluster } from '../test/support/servers.js';
 
@@ -211,7 +212,7 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
     };
     for (const setup of SETUPS) {
       log(`syncing ${rows} rows into Postgres + ${DESCRIBED[setup]}`);
-      execFileSync(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], { env: envs[setup], stdio: ['ignore', 'ignore', 'inherit'] });
+      execFileSync(process.execPath, ctlArgs('sync', 'bench'), { env: envs[setup], stdio: ['ignore', 'ignore', 'inherit'] });
     }
     const ports = {} as Record<Setup, number>;
     const pids = {} as Record<Setup, number>;

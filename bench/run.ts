@@ -18,6 +18,7 @@ import { freePort, startPostgres, startRedis } from '../test/support/servers.js'
 import { tempDir } from '../test/support/fixtures.js';
 import { benchRedisCluster } from './cluster.js';
 import { measureScale } from './scale.js';
+import { ctlArgs } from './ctl.js';
 import { median } from './stats.js';
 
 const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
@@ -254,7 +255,7 @@ async function main(): Promise<void> {
     const syncRuns: { seconds: number; peakRssMb: number }[] = [];
     let oursBytes = 0;
     for (let i = 0; i < ROUNDS; i++) {
-      const result = await measured(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], env);
+      const result = await measured(process.execPath, ctlArgs('sync', 'bench'), env);
       if (result.code !== 0) throw new Error('the benchmark sync failed');
       syncRuns.push(result);
       if (i === 0) oursBytes = (Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]) - emptyMemory) / ROWS;
@@ -310,7 +311,7 @@ async function main(): Promise<void> {
     // Lookups while a 1M-row sync of another view runs, at a fixed rate this server sustains (half its saturation).
     const syncRate = oursSaturation.rps / 2;
     const quiet = await openLoad(url(ports.ours, '?view=bench'), syncRate);
-    const syncing = measured(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_other'], env);
+    const syncing = measured(process.execPath, ctlArgs('sync', 'bench_other'), env);
     await new Promise((r) => setTimeout(r, 1500));
     const busy = await openLoad(url(ports.ours, '?view=bench'), syncRate, Math.min(SECONDS, 6));
     await syncing;
@@ -349,7 +350,7 @@ async function main(): Promise<void> {
     await duck([`COPY (${dataSql(BIG_ROWS)}) TO '${big}' (FORMAT parquet)`]);
     await writeFile(path.join(jobs, 'bench_big.yaml'), JSON.stringify(job('bench_big', big)));
     await redis.flushall();
-    const bigRun = await measured(process.execPath, ['--max-old-space-size=192', path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench_big'], env);
+    const bigRun = await measured(process.execPath, ctlArgs('sync', 'bench_big'), env);
     report(`Sync peak RSS at ${BIG_ROWS / 1e6}M rows (MB)`, bigRun.peakRssMb.toFixed(0), `${rss1m.toFixed(0)} (at 1M)`, bigRun.peakRssMb / rss1m, '≤ 300 MB and within 10% of 1M', bigRun.peakRssMb <= 300 && Math.abs(bigRun.peakRssMb / rss1m - 1) <= 0.1);
     report(`  for reference: sync ${BIG_ROWS / 1e6}M × 20 (s)`, bigRun.seconds.toFixed(1), '-', null, 'info', null);
 

@@ -18,6 +18,7 @@ import { once } from 'node:events';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { ctlArgs } from './ctl.js';
 import { median } from './stats.js';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -190,7 +191,7 @@ async function standalone(): Promise<void> {
     await writeFile(path.join(jobs, 'bench.yaml'), JSON.stringify({ view: 'bench', source: parquet, entity_key: 'id', event_time: 'updated_at', features, schedule: '0 0 1 1 *', freshness: '3650d' }));
     execFileSync('chmod', ['-R', 'a+rX', dir]);
     const env = { ...process.env, DATABASE_URL: postgres.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: jobs, LOG_LEVEL: 'warn' };
-    execFileSync(process.execPath, [path.join(root, 'dist/cli/ctl.js'), 'sync', 'bench'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+    execFileSync(process.execPath, ctlArgs('sync', 'bench'), { env, stdio: ['ignore', 'ignore', 'inherit'] });
     const result = await measureScale({ env, rows, workDir: dir });
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   } finally {

@@ -1,7 +1,7 @@
 // `npm run sync -- <job>` runs one job once and says plainly how it went, with
 // an exit code a scheduler or a shell script can act on.
 import { spawnSync } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { freshDatabase } from '../support/db.js';
@@ -9,6 +9,8 @@ import { tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
 import { startRedis, type RedisServer } from '../support/servers.js';
 import { PostgresDatabase } from '../../src/stores/postgres.js';
 import { jobLockKey } from '../../src/sync/engine.js';
+import { syncNodeFlags } from '../../src/sync/runner.js';
+import { loadConfig } from '../../src/config/index.js';
 
 describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', () => {
   let redis: RedisServer;
@@ -173,5 +175,12 @@ describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', ()
     const result = sync(['good'], { DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none' });
     expect(result.status).toBe(1);
     expect(result.stderr).toMatch(/sync of good could not run: .*ECONNREFUSED/);
+  });
+
+  it("runs with a sync child's Node flags, so a sync from the command line has the same memory bounds", async () => {
+    const { scripts } = JSON.parse(await readFile('package.json', 'utf8')) as { scripts: Record<string, string> };
+    const flags = syncNodeFlags(loadConfig({}).syncHeapMb).join(' ');
+    expect(scripts.sync).toBe(`node ${flags} dist/cli/ctl.js sync`);
+    expect(scripts.ctl).toBe(`node ${flags} dist/cli/ctl.js`);
   });
 });
