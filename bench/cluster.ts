@@ -5,16 +5,11 @@
 // master (every slot on one node: the cluster client and read path without
 // the extra masters). Syncs the same Parquet data into each setup through the
 // real sync path (ctl, from dist/), runs one API process per setup, and
-// drives autocannon (bench/load.ts, its own process) at each in rounds. Each
-// round of single lookups measures every setup twice in mirrored order
-// (A B C C B A, the first setup rotating from round to round) and gives each
-// cluster one ratio, its two slices over the node's two, so drift within a
-// round cancels; the ratio reported is the median over the rounds. On a
-// shared 2-core VM one setup's own rate moves by 20-30% between slices
-// seconds apart, so the same rounds also give a control: each setup's second
-// slice over its first, which a perfect machine would put at 1.00x. Its spread
-// is the noise floor of the comparison, printed beside it. Batches are a
-// reference: alternating pairs, node and three-master cluster.
+// drives autocannon (bench/load.ts, its own process) at each in mirrored
+// rounds (bench/rounds.ts: A B C C B A, with a control). Each round gives each
+// cluster one ratio, its two slices over the node's two; the ratio reported is
+// the median over the rounds, printed beside the control's spread. Batches are
+// a reference: alternating pairs, node and three-master cluster.
 //
 // Standalone: `node --import tsx bench/cluster.ts` builds, runs and prints one
 // JSON object. From bench/run.ts: `await benchRedisCluster({ ... })` after the
@@ -28,6 +23,7 @@ import { pathToFileURL } from 'node:url';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { tempDir } from '../test/support/fixtures.js';
 import { ctlArgs } from './ctl.js';
+import { control, mirroredRounds, roundRate, type Round } from './rounds.js';
 import { median } from './stats.js';
 import { freePort, startPostgres, startRedis, startRedisCluster } from '../test/support/servers.js';
 
@@ -223,30 +219,17 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
       pids[setup] = api.pid!;
     }
 
-    // Warm-up, then the rounds of single lookups. Each round measures every setup twice, in mirrored order (A B C C B A),
-    // so a drift that is linear over the round cancels from every ratio; the first setup rotates from round to round.
+    // Warm-up, then the rounds of single lookups (bench/rounds.ts: A B C C B A, the first setup rotating).
     for (const setup of SETUPS) load(ports[setup], 0);
     const show = (r: ClusterLoadResult) => `${r.rps.toFixed(0)} req/s (${r.apiCpuUs!.toFixed(0)} µs CPU/req)`;
-    const slices = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], one: [] as ClusterLoadResult[] };
-    const ratios = { cluster: [] as number[], one: [] as number[] };
-    const control = { cluster: [] as number[], one: [] as number[] };
-    for (let i = 0; i < rounds; i++) {
-      const half = SETUPS.map((_, k) => SETUPS[(i + k) % SETUPS.length]!);
-      const order = [...half, ...[...half].reverse()];
-      const round = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[], one: [] as ClusterLoadResult[] };
-      for (const setup of order) round[setup].push(load(ports[setup], 0, pids[setup]));
-      const sum = (results: ClusterLoadResult[]) => results.reduce((a, r) => a + r.rps, 0);
-      const again = (results: ClusterLoadResult[]) => results[1]!.rps / results[0]!.rps;
-      for (const setup of ['cluster', 'one'] as const) {
-        ratios[setup].push(sum(round[setup]) / sum(round.node));
-        control[setup].push(again(round.node), again(round[setup]));
-      }
-      for (const setup of SETUPS) slices[setup].push(...round[setup]);
+    const ratioOf = (round: Round<Setup, ClusterLoadResult>, setup: 'cluster' | 'one') => roundRate(round[setup]) / roundRate(round.node);
+    const measured = mirroredRounds(SETUPS, rounds, (setup) => load(ports[setup], 0, pids[setup]), (round, order, i) =>
       log(
         `round ${i + 1} (${order.join(' ')}): ${SETUPS.map((setup) => `${setup} ${round[setup].map(show).join(', ')}`).join('; ')}: ` +
-          `cluster ${ratios.cluster.at(-1)!.toFixed(2)}×, one master ${ratios.one.at(-1)!.toFixed(2)}×`,
-      );
-    }
+          `cluster ${ratioOf(round, 'cluster').toFixed(2)}×, one master ${ratioOf(round, 'one').toFixed(2)}×`,
+      ),
+    );
+    const slices = Object.fromEntries(SETUPS.map((setup) => [setup, measured.flatMap((round) => round[setup])])) as Record<Setup, ClusterLoadResult[]>;
     // Batches, for reference: alternating pairs, half as many rounds (at least 2).
     const batch = { node: [] as ClusterLoadResult[], cluster: [] as ClusterLoadResult[] };
     for (let i = 0; i < Math.max(2, Math.ceil(rounds / 2)); i++) {
@@ -261,8 +244,9 @@ export async function benchRedisCluster(options: ClusterBenchOptions = {}): Prom
       ratios,
       cpuRatio: median(node.map((n, i) => n.apiCpuUs! / clustered[i]!.apiCpuUs!)),
     });
-    const singleResult = { ...compare(slices.node, slices.cluster, ratios.cluster), control: control.cluster };
-    const oneResult = { ...compare(slices.node, slices.one, ratios.one), control: control.one };
+    const ratios = (setup: 'cluster' | 'one') => measured.map((round) => ratioOf(round, setup));
+    const singleResult = { ...compare(slices.node, slices.cluster, ratios('cluster')), control: control(measured, ['node', 'cluster']) };
+    const oneResult = { ...compare(slices.node, slices.one, ratios('one')), control: control(measured, ['node', 'one']) };
     const batchResult = compare(batch.node, batch.cluster, batch.node.map((n, i) => batch.cluster[i]!.rps / n.rps));
     return { rows, rounds, seconds, connections, single: singleResult, batch: { size: batchSize, ...batchResult }, clusterOfOne: oneResult };
   } finally {

@@ -25,11 +25,11 @@ const ROWS = Number(process.env.BENCH_ROWS ?? 1_000_000);
 const BIG_ROWS = Number(process.env.BENCH_BIG_ROWS ?? 5_000_000);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-// The Redis Cluster comparison measures each setup twice a round (A B C C B A), and takes more, shorter rounds for a
-// steady median (11 rounds of 4 s slices by default: on a shared VM one round's ratio moves by 10-20%; 3 for a quick
-// look with BENCH_ROUNDS=1).
-const CLUSTER_ROUNDS = Math.max(ROUNDS, Math.min(11, 4 * ROUNDS - 1));
-const CLUSTER_SECONDS = Math.min(SECONDS, 4);
+// The comparisons in mirrored rounds (bench/rounds.ts: Redis Cluster against one node, WEB_CONCURRENCY=2 against 1)
+// measure each setup twice a round, and take more, shorter rounds for a steady median (11 rounds of 4 s slices by
+// default: on a shared VM one round's ratio moves by 10-20%; 3 for a quick look with BENCH_ROUNDS=1).
+const MIRRORED_ROUNDS = Math.max(ROUNDS, Math.min(11, 4 * ROUNDS - 1));
+const MIRRORED_SECONDS = Math.min(SECONDS, 4);
 const CONNECTIONS = 32;
 const root = path.resolve(import.meta.dirname, '..');
 const tsx = ['--import', 'tsx'];
@@ -334,15 +334,18 @@ async function main(): Promise<void> {
 
     // Every core: WEB_CONCURRENCY=2 against one process, and the same for a bare Hono route (the honest ceiling on 2 cores).
     log('WEB_CONCURRENCY=1 vs 2, ours and a bare route');
-    const scale = await measureScale({ env, rows: ROWS, seconds: SECONDS, rounds: ROUNDS, workDir: dir });
+    const scale = await measureScale({ env, rows: ROWS, seconds: MIRRORED_SECONDS, rounds: MIRRORED_ROUNDS, workDir: dir });
+    const list = (ratios: number[]) => ratios.map((r) => `${r.toFixed(2)}×`).join(', ');
+    const spread = (control: number[]) => `${Math.min(...control).toFixed(2)}–${Math.max(...control).toFixed(2)}×`;
     report(
-      'Lookups/s gain from WEB_CONCURRENCY=2 over 1',
+      'Lookups/s gain from WEB_CONCURRENCY=2 over 1 (median of mirrored rounds)',
       `${scale.oursSpeedup.toFixed(2)}× (${scale.ours.one.toFixed(0)} → ${scale.ours.two.toFixed(0)})`,
-      `${scale.bareSpeedup.toFixed(2)}× (bare Hono, 1 → 2 cluster workers: ${scale.bare.one.toFixed(0)} → ${scale.bare.two.toFixed(0)})`,
+      `${scale.bareSpeedup.toFixed(2)}× (bare Hono, 1 → 2 cluster workers: ${scale.bare.one.toFixed(0)} → ${scale.bare.two.toFixed(0)}; rounds ${list(scale.speedupRatios)}${scale.errors ? `; **${scale.errors} failed requests**` : ''})`,
       scale.speedupRatio,
       '≥ 0.9× of the bare gain',
       scale.met,
     );
+    report('  control: each setup against itself in the same rounds (ratio 1.00× on a quiet machine)', spread(scale.control), `${scale.control.length} slice pairs`, median(scale.control), 'info', null);
 
     // Memory at 5M rows.
     log(`writing ${BIG_ROWS} rows for the memory check`);
@@ -358,8 +361,7 @@ async function main(): Promise<void> {
     // the rounds' ratios (each round A B C C B A), since one slice's drift swamps the difference; the control (each
     // setup against itself in the same rounds) shows how far the machine alone moves a ratio.
     log('Redis Cluster against one Redis node');
-    const clusterBench = await benchRedisCluster({ rows: Math.min(ROWS, 200_000), seconds: CLUSTER_SECONDS, rounds: CLUSTER_ROUNDS, log });
-    const list = (ratios: number[]) => ratios.map((r) => `${r.toFixed(2)}×`).join(', ');
+    const clusterBench = await benchRedisCluster({ rows: Math.min(ROWS, 200_000), seconds: MIRRORED_SECONDS, rounds: MIRRORED_ROUNDS, log });
     // A setup that answered errors or non-2xx may be fast for the wrong reason: say so, and never count the row as met.
     const failures = (c: { node: { errors: number; non2xx: number }; cluster: { errors: number; non2xx: number } }) => {
       const count = c.node.errors + c.node.non2xx + c.cluster.errors + c.cluster.non2xx;
@@ -376,7 +378,7 @@ async function main(): Promise<void> {
     );
     report(
       '  control: each setup against itself in the same rounds (ratio 1.00× on a quiet machine)',
-      `${Math.min(...control).toFixed(2)}–${Math.max(...control).toFixed(2)}×`,
+      spread(control),
       `${control.length} slice pairs`,
       median(control),
       'info',
@@ -390,7 +392,7 @@ async function main(): Promise<void> {
     report(
       '  for reference: lookups/s through a Redis Cluster of one master (same rounds)',
       one.cluster.rps.toFixed(0),
-      `${one.node.rps.toFixed(0)} (one Redis node; rounds ${list(one.ratios)}${failures(one)}; control ${Math.min(...one.control).toFixed(2)}–${Math.max(...one.control).toFixed(2)}×)`,
+      `${one.node.rps.toFixed(0)} (one Redis node; rounds ${list(one.ratios)}${failures(one)}; control ${spread(one.control)})`,
       one.ratio,
       'info',
       null,
@@ -406,10 +408,11 @@ async function main(): Promise<void> {
 
 Produced by \`npm run bench\` on ${new Date().toISOString().slice(0, 10)}; every figure is the median of ${ROUNDS} rounds
 (load: ${SECONDS} s each, ${CONNECTIONS} connections, autocannon in its own process on loopback), and every ratio is
-against a baseline measured in the same run on the same machine. The Redis Cluster comparison runs
-${CLUSTER_ROUNDS} rounds of six ${CLUSTER_SECONDS} s slices, each measuring the three setups (one node, the cluster, a cluster of one master)
-twice in mirrored order (A B C C B A, the first rotating), and each ratio is the median of the rounds' ratios; the control row
-gives each setup against itself in the same rounds.
+against a baseline measured in the same run on the same machine. Two comparisons run in mirrored rounds instead:
+${MIRRORED_ROUNDS} rounds of ${MIRRORED_SECONDS} s slices, each round measuring every setup twice in mirrored order (A B C C B A, the first
+rotating), each ratio being the median of the rounds' ratios, with a control row giving each setup against itself in
+the same rounds. They are WEB_CONCURRENCY=2 against 1 (four setups: ours and a bare route, each with one and two
+processes) and the Redis Cluster against one node (three setups: one node, the cluster, a cluster of one master).
 
 Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${os.type()} ${os.release()}.
 Data: ${ROWS.toLocaleString('en')} entities × 20 features (5 integer, 8 double, 4 string, 2 boolean, 1 timestamp), Parquet made by DuckDB.

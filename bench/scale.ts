@@ -3,6 +3,9 @@
 // body) in one process and in two cluster workers, in the same run. The target:
 // the gain our server gets from the second process is at least 0.9× the gain
 // the bare route gets from the same two-process set-up. A benchmark, not a test.
+// The four set-ups take turns in mirrored rounds (bench/rounds.ts); each round
+// gives both speed-ups and their ratio from slices measured side by side, and
+// the figure is the median of the rounds' ratios, with the control beside it.
 //
 // As a library (bench/run.ts): `measureScale({ env, rows })` with `env` naming
 // DATABASE_URL, REDIS_URL and SYNC_JOBS_DIR of a synced view `bench` whose ids
@@ -19,6 +22,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { ctlArgs } from './ctl.js';
+import { control, mirroredRounds, roundRate, type Round } from './rounds.js';
 import { median } from './stats.js';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -39,16 +43,20 @@ export interface ScaleOptions {
 }
 
 export interface ScaleResult {
-  /** Median requests per second of each set-up. */
+  /** Median requests per second of each set-up, over all its slices. */
   readonly ours: { readonly one: number; readonly two: number };
   readonly bare: { readonly one: number; readonly two: number };
-  /** two / one, for each. */
+  /** two / one, for each: medians of the rounds' speed-ups. */
   readonly oursSpeedup: number;
   readonly bareSpeedup: number;
   /** Extra requests per second from the second process, ours over bare's (the gain as an increase). */
   readonly gainRatio: number;
-  /** Our speed-up over the bare route's (the gain as a factor); the target is ≥ 0.9. */
+  /** Our speed-up over the bare route's (the gain as a factor), the median of `speedupRatios`; the target is ≥ 0.9. */
   readonly speedupRatio: number;
+  /** Each round's own: our speed-up over the bare route's, from slices measured in one mirrored round. */
+  readonly speedupRatios: number[];
+  /** Each set-up's second slice of a round over its first, for every round: what the machine alone moves a rate by. */
+  readonly control: number[];
   readonly met: boolean;
   readonly errors: number;
 }
@@ -85,14 +93,16 @@ async function stop(child: ChildProcess): Promise<void> {
   await exited;
 }
 
-function load(url: string, rows: number, seconds: number): { rps: number; errors: number; non2xx: number } {
+type LoadResult = { rps: number; errors: number; non2xx: number };
+
+function load(url: string, rows: number, seconds: number): LoadResult {
   const output = execFileSync(process.execPath, [...tsx, path.join(root, 'bench/load.ts'), url, String(rows), String(seconds), String(CONNECTIONS)], { encoding: 'utf8' });
-  return JSON.parse(output.trim().split('\n').at(-1)!) as { rps: number; errors: number; non2xx: number };
+  return JSON.parse(output.trim().split('\n').at(-1)!) as LoadResult;
 }
 
 export async function measureScale(options: ScaleOptions): Promise<ScaleResult> {
-  const seconds = options.seconds ?? Number(process.env.BENCH_SECONDS ?? 8);
-  const rounds = options.rounds ?? Number(process.env.BENCH_ROUNDS ?? 3);
+  const seconds = options.seconds ?? Number(process.env.BENCH_SECONDS ?? 4);
+  const rounds = options.rounds ?? Number(process.env.BENCH_ROUNDS ?? 7);
   const workDir = options.workDir ?? path.join((await import('node:os')).tmpdir(), `fs-bench-scale-${process.pid}`);
   await mkdir(workDir, { recursive: true });
   const children: ChildProcess[] = [];
@@ -120,33 +130,36 @@ export async function measureScale(options: ScaleOptions): Promise<ScaleResult> 
     const oursOne = await ours(1);
     const bodyFile = path.join(workDir, 'scale-body.json');
     await writeFile(bodyFile, await (await fetch(`http://127.0.0.1:${oursOne.port}/features/v1/e0000042?view=bench`)).text());
-    const setups = [oursOne, await ours(2), await bare(1, bodyFile), await bare(2, bodyFile)];
-    // All four stay up (idle servers cost next to nothing) and take turns, in a
-    // rotating order, so drift in the machine's load falls on each alike.
-    for (const setup of setups) load(setup.url, options.rows, 1); // warm-up
-    const rps = setups.map(() => [] as number[]);
-    let errors = 0;
-    for (let round = 0; round < rounds; round++) {
-      for (let k = 0; k < setups.length; k++) {
-        const i = (k + round) % setups.length;
-        const result = load(setups[i]!.url, options.rows, seconds);
-        rps[i]!.push(result.rps);
-        errors += result.errors + result.non2xx;
-        log(`round ${round + 1}, ${setups[i]!.name}: ${result.rps.toFixed(0)} req/s`);
-      }
-    }
-    const [oursOneRps, oursTwoRps, bareOneRps, bareTwoRps] = rps.map(median) as [number, number, number, number];
-    const oursSpeedup = oursTwoRps / oursOneRps;
-    const bareSpeedup = bareTwoRps / bareOneRps;
-    const speedupRatio = oursSpeedup / bareSpeedup;
+    const setups = { oursOne, oursTwo: await ours(2), bareOne: await bare(1, bodyFile), bareTwo: await bare(2, bodyFile) };
+    const names = Object.keys(setups) as (keyof typeof setups)[];
+    // All four stay up (idle servers cost next to nothing) and take turns in mirrored rounds (bench/rounds.ts), so
+    // drift in the machine's load falls on each alike; each round gives its own speed-ups and their ratio.
+    for (const name of names) load(setups[name].url, options.rows, 1); // warm-up
+    const speedups = (round: Round<keyof typeof setups, LoadResult>) => ({
+      ours: roundRate(round.oursTwo) / roundRate(round.oursOne),
+      bare: roundRate(round.bareTwo) / roundRate(round.bareOne),
+    });
+    const measured = mirroredRounds(names, rounds, (name) => load(setups[name].url, options.rows, seconds), (round, order, i) => {
+      const { ours, bare } = speedups(round);
+      const slices = names.map((name) => `${setups[name].name} ${round[name].map((r) => r.rps.toFixed(0)).join(', ')}`);
+      log(`round ${i + 1} (${order.join(' ')}): ${slices.join('; ')} req/s: speed-up ours ${ours.toFixed(2)}×, bare ${bare.toFixed(2)}×, ratio ${(ours / bare).toFixed(2)}`);
+    });
+    const errors = measured.reduce((sum, round) => sum + names.reduce((n, name) => n + round[name].reduce((m, r) => m + r.errors + r.non2xx, 0), 0), 0);
+    const rps = (name: keyof typeof setups) => median(measured.flatMap((round) => round[name].map((r) => r.rps)));
+    const perRound = measured.map(speedups);
+    const speedupRatios = perRound.map((s) => s.ours / s.bare);
+    const speedupRatio = median(speedupRatios);
+    const [oursOneRps, oursTwoRps, bareOneRps, bareTwoRps] = names.map(rps) as [number, number, number, number];
     return {
       ours: { one: oursOneRps, two: oursTwoRps },
       bare: { one: bareOneRps, two: bareTwoRps },
-      oursSpeedup,
-      bareSpeedup,
+      oursSpeedup: median(perRound.map((s) => s.ours)),
+      bareSpeedup: median(perRound.map((s) => s.bare)),
       gainRatio: (oursTwoRps - oursOneRps) / (bareTwoRps - bareOneRps),
       speedupRatio,
-      met: speedupRatio >= 0.9,
+      speedupRatios,
+      control: control(measured, names),
+      met: speedupRatio >= 0.9 && errors === 0,
       errors,
     };
   } finally {
