@@ -413,6 +413,7 @@ ${MIRRORED_ROUNDS} rounds of ${MIRRORED_SECONDS} s slices, each round measuring 
 rotating), each ratio being the median of the rounds' ratios, with a control row giving each setup against itself in
 the same rounds. They are WEB_CONCURRENCY=2 against 1 (four setups: ours and a bare route, each with one and two
 processes) and the Redis Cluster against one node (three setups: one node, the cluster, a cluster of one master).
+${clusterBench.pinned ? `In the Redis Cluster rounds the API processes ran on CPU ${clusterBench.pinned.api} and the Redis servers and the load generator on CPU ${clusterBench.pinned.others} (taskset), as Redis would run on other machines in a deployment.` : 'The Redis Cluster rounds ran unpinned (taskset missing or one CPU): Redis and the load generator shared the API processes\' CPUs.'}
 
 Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}, ${os.type()} ${os.release()}.
 Data: ${ROWS.toLocaleString('en')} entities × 20 features (5 integer, 8 double, 4 string, 2 boolean, 1 timestamp), Parquet made by DuckDB.
