@@ -159,7 +159,7 @@ async function main(argv: string[]): Promise<void> {
       });
       const log = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, { component: 'sync-cli' });
       lowerPriority(process.pid, config.syncNice, log);
-      const summary = await runSync(job, { db, hot, log, batchRows: config.syncBatchRows, retry: config.syncRetry }, 'manual', {
+      const summary = await runSync(job, { db, hot, log, batchRows: config.syncBatchRows, duckdbMemoryMb: config.syncDuckdbMemoryMb, retry: config.syncRetry }, 'manual', {
         force: values.force === true,
         ...(from ? { backfillFrom: from.toISOString() } : {}),
       });

@@ -78,6 +78,7 @@ const envSchema = z.object({
   SYNC_BATCH_ROWS: positiveInt(1_000_000).default(8192),
   SYNC_NICE: wholeNumber.pipe(z.number().int().min(0).max(19)).default(10),
   SYNC_HEAP_MB: wholeNumber.pipe(z.number().int().min(64).max(65536)).default(192),
+  SYNC_DUCKDB_MEMORY_MB: wholeNumber.pipe(z.number().int().min(16).max(1_048_576)).default(128),
   SYNC_RETRY_ATTEMPTS: positiveInt(20).default(3),
   SYNC_RETRY_BASE_MS: positiveInt().default(1000),
   CATALOG_REFRESH_MS: positiveInt().default(1000),
@@ -134,6 +135,8 @@ export interface Config {
   readonly syncNice: number;
   /** V8 heap limit of a sync child process; its batches are bounded, so a small heap keeps RSS flat. */
   readonly syncHeapMb: number;
+  /** Memory DuckDB may use in a sync (past it, sorts and hash tables spill to disk; what cannot spill fails the run). */
+  readonly syncDuckdbMemoryMb: number;
   /** Attempts for a run that fails on a connection or timeout; the wait doubles each time, with jitter. */
   readonly syncRetry: { readonly attempts: number; readonly baseDelayMs: number };
   readonly catalogRefreshMs: number;
@@ -221,6 +224,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     syncBatchRows: e.SYNC_BATCH_ROWS,
     syncNice: e.SYNC_NICE,
     syncHeapMb: e.SYNC_HEAP_MB,
+    syncDuckdbMemoryMb: e.SYNC_DUCKDB_MEMORY_MB,
     syncRetry: Object.freeze({ attempts: e.SYNC_RETRY_ATTEMPTS, baseDelayMs: e.SYNC_RETRY_BASE_MS }),
     catalogRefreshMs: e.CATALOG_REFRESH_MS,
     batchMaxIds: e.BATCH_MAX_IDS,

@@ -59,7 +59,7 @@ async function run(request: ChildRequest): Promise<void> {
   try {
     const summary = await runSync(
       job,
-      { db, hot, log, tracer: tracing.tracer, batchRows: config.syncBatchRows, retry: config.syncRetry, onRunStarted: (runId) => void send({ t: 'started', runId }) },
+      { db, hot, log, tracer: tracing.tracer, batchRows: config.syncBatchRows, duckdbMemoryMb: config.syncDuckdbMemoryMb, retry: config.syncRetry, onRunStarted: (runId) => void send({ t: 'started', runId }) },
       request.trigger,
       request.options,
     );

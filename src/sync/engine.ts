@@ -58,8 +58,8 @@ export interface SyncContext {
   readonly batchRows: number;
   /** Told the run id as soon as the run is recorded, so a supervisor can close it if this process dies. */
   readonly onRunStarted?: (runId: number) => void;
-  /** Memory DuckDB may use before it spills to disk. */
-  readonly duckdbMemoryLimit?: string;
+  /** Memory DuckDB may use before it spills to disk (SYNC_DUCKDB_MEMORY_MB; default 128). */
+  readonly duckdbMemoryMb?: number;
   /** Spans for the run and each of its phases, when tracing is on. */
   readonly tracer?: Tracer | undefined;
   /** Transient failures (connections, timeouts) are retried this many times in all, with backoff. */
@@ -178,7 +178,8 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
   let rowsRead = 0;
   let rowsWritten = 0;
   let watermark: string | null = null;
-  const duck = await DuckDBInstance.create(':memory:', { memory_limit: ctx.duckdbMemoryLimit ?? '128MB', threads: '2', temp_directory: path.join(os.tmpdir(), 'featurestore-duckdb') });
+  const duckdbMemoryMb = ctx.duckdbMemoryMb ?? 128;
+  const duck = await DuckDBInstance.create(':memory:', { memory_limit: `${duckdbMemoryMb}MB`, threads: '2', temp_directory: path.join(os.tmpdir(), 'featurestore-duckdb') });
   const conn = await duck.connect();
   try {
     // DuckDB's allocator otherwise keeps up to 128 MB it freed (the duplicate count's hash table, say) through
@@ -277,6 +278,10 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     return summary;
   } catch (caught) {
     let error = describeError(caught);
+    // DuckDB's own words say neither which limit it hit nor what to do about it.
+    if (/Out of Memory Error/i.test(error)) {
+      error = `DuckDB ran out of the ${duckdbMemoryMb} MB it may use (SYNC_DUCKDB_MEMORY_MB) while syncing view "${job.view}": ${error}. Raise SYNC_DUCKDB_MEMORY_MB (the sync process's peak memory grows by about as much); the last published version keeps serving`;
+    }
     phase('failed');
     if (caught instanceof SyncDataError) Object.assign(details, caught.details);
     // Remove what this run wrote; the previous version was never touched.

@@ -81,6 +81,13 @@ describe('configuration: numbers', () => {
     expect(loadConfig({ PORT: ' 9090 ' }).port).toBe(9090);
   });
 
+  it('bounds the memory DuckDB may use in a sync, naming the variable', () => {
+    expect(loadConfig({}).syncDuckdbMemoryMb).toBe(128);
+    expect(loadConfig({ SYNC_DUCKDB_MEMORY_MB: '512' }).syncDuckdbMemoryMb).toBe(512);
+    expect(() => loadConfig({ SYNC_DUCKDB_MEMORY_MB: '8' })).toThrow(/SYNC_DUCKDB_MEMORY_MB: .*16/);
+    expect(() => loadConfig({ SYNC_DUCKDB_MEMORY_MB: '1GB' })).toThrow(/SYNC_DUCKDB_MEMORY_MB: expected a whole number in decimal digits/);
+  });
+
   it('takes only plain decimal numbers, naming the variable and the form', () => {
     expect(() => loadConfig({ PORT: '0x1F90' })).toThrow(/PORT: expected a whole number in decimal digits, such as 30 \(got "0x1F90"\)/);
     expect(() => loadConfig({ PORT: '1e3' })).toThrow(/PORT: expected a whole number in decimal digits/);

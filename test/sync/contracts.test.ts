@@ -366,6 +366,22 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
     });
   });
 
+  it('a run that outgrows SYNC_DUCKDB_MEMORY_MB fails naming the setting, keeps the last version serving, and passes with more', async () => {
+    expect((await sync({ view: 'memo', ...base }, rows(100))).summary).toMatchObject({ status: 'succeeded', version: 1 });
+    // Two rows per entity: picking each entity's latest is what needs the most memory.
+    const { job } = await sync({ view: 'memo_src', ...base }, rows(10));
+    const source = await writeParquet(path.join(dir, 'memo_dups.parquet'), `SELECT 'k' || (i % 150000) AS id, TIMESTAMP '2026-01-01' + INTERVAL (i) SECOND AS t, i * 1.0 AS score FROM range(1, 300001) t(i)`);
+    const big = { ...job, view: 'memo', source };
+    const ctx = { db: server.db, hot: server.hot, log: silentLogger, batchRows: 1000, retry: { attempts: 1, baseDelayMs: 1 } };
+    const failed = await runSync(big, { ...ctx, duckdbMemoryMb: 16 }, 'manual');
+    expect(failed).toMatchObject({ status: 'failed', transient: false });
+    expect(failed.error).toMatch(/DuckDB ran out of the 16 MB it may use \(SYNC_DUCKDB_MEMORY_MB\) while syncing view "memo": .*Out of Memory.*Raise SYNC_DUCKDB_MEMORY_MB/);
+    expect(await served('memo', ['k1', 'k100'])).toMatchObject({ version: 1, rows: [{ score: 1 }, { score: 100 }] });
+    const passed = await runSync(big, ctx, 'manual');
+    expect(passed, passed.error ?? '').toMatchObject({ status: 'succeeded', rowsRead: 300000 });
+    expect(await served('memo', ['k1', 'k0'])).toMatchObject({ version: 2, rows: [{ score: 150001 }, { score: 300000 }] });
+  }, 120_000);
+
   it('classes lost connections, timeouts and Redis Cluster turbulence as worth a retry, data errors not', () => {
     const transient = [
       Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:6379'), { code: 'ECONNREFUSED' }),
