@@ -15,9 +15,9 @@
 // first allowed CPU to itself and every Redis server and the load generator
 // get the others, for all three setups alike: in a deployment the seven Redis
 // processes of these setups run on other machines, not on the API's core, and
-// sharing it costs the setups with more Redis processes more than their reads
-// do (measured: README). It also narrows the noise: the control's spread fell
-// from about 0.65-1.6x to 0.95-1.13x in the run that tried it.
+// the comparison is about what a lookup costs the API. It does not remove the
+// machine's noise: the control's spread ranged from 0.95-1.13x to 0.51-1.53x
+// over the pinned runs (README).
 //
 // Standalone: `node --import tsx bench/cluster.ts` builds, runs and prints one
 // JSON object. From bench/run.ts: `await benchRedisCluster({ ... })` after the

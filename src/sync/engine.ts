@@ -280,7 +280,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     let error = describeError(caught);
     // DuckDB's own words say neither which limit it hit nor what to do about it.
     if (/Out of Memory Error/i.test(error)) {
-      error = `DuckDB ran out of the ${duckdbMemoryMb} MB it may use (SYNC_DUCKDB_MEMORY_MB) while syncing view "${job.view}": ${error}. Raise SYNC_DUCKDB_MEMORY_MB (the sync process's peak memory grows by about as much); the last published version keeps serving`;
+      error = `DuckDB ran out of the ${duckdbMemoryMb} MB it may use (SYNC_DUCKDB_MEMORY_MB) while syncing view "${job.view}": ${error}. Raise SYNC_DUCKDB_MEMORY_MB (the sync process's peak memory grows by about as much)${published ? '' : '; the last published version keeps serving'}`;
     }
     phase('failed');
     if (caught instanceof SyncDataError) Object.assign(details, caught.details);
