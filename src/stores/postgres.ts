@@ -112,8 +112,12 @@ export class PostgresDatabase implements Database {
       async write(csv) {
         if (failure) throw failure;
         if (!stream.write(csv)) {
-          // once() rejects with the raw error; the described one is in `failure`.
-          await Promise.race([once(stream, 'drain'), once(stream, 'error')]).catch(() => undefined);
+          // once('drain') rejects on an error (the raw one; the described one is in `failure`); a stream closed
+          // without one ends the wait too. The listeners go with the wait: one left per full buffer piled up.
+          const waited = new AbortController();
+          await Promise.race([once(stream, 'drain', { signal: waited.signal }), once(stream, 'close', { signal: waited.signal })])
+            .catch(() => undefined)
+            .finally(() => waited.abort());
           if (failure) throw failure;
         }
       },
