@@ -36,6 +36,8 @@ import {
   projectionSql,
   REJECT_SAMPLE_SQL,
   REJECT_SUMMARY_SQL,
+  ROW_CHECKS_SQL,
+  DROP_ROW_CHECKS_SQL,
   sqlString,
   STATS_SQL,
   SyncDataError,
@@ -201,10 +203,13 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     if (since) details.window_start = since;
     await conn.run(`CREATE VIEW projected AS ${projectionSql(job)}`);
     await conn.run(`CREATE VIEW checked AS ${checkedSql(job, since)}`);
+    await conn.run(ROW_CHECKS_SQL);
     const stats = toRunStats(await queryOne(conn, STATS_SQL));
     rowsRead = stats.rowsRead;
     Object.assign(details, { rows_rejected: stats.rejected, duplicates_dropped: stats.duplicates });
     if (stats.rejected) await recordRejects(conn, db, job, runId, stats);
+    // Its memory (or temp files) go back before the load.
+    await conn.run(DROP_ROW_CHECKS_SQL);
     if (!incremental) judgeSnapshot(job, stats, previous, options.force === true);
     if (options.force) details.forced = true;
     phase('read_and_check');
@@ -455,9 +460,10 @@ async function allocateVersion(db: Database, job: JobDefinition, runId: number):
 }
 
 /**
- * Loads the snapshot into Postgres and the hot tier at once: DuckDB writes the
- * rows as CSV into the COPY on one connection while another streams the
- * hot-tier keys and values it built, in bounded batches, to the hot tier.
+ * Loads the snapshot into Postgres and the hot tier at once (one after the
+ * other where entities have duplicate rows): DuckDB writes the rows as CSV
+ * into the COPY on one connection while another streams the hot-tier keys
+ * and values it built, in bounded batches, to the hot tier.
  * Both run to their end (or stop at the other's failure) before this returns,
  * so a cleanup after a failure never races a write still in flight.
  */
@@ -473,15 +479,20 @@ async function streamRows(duck: DuckDBInstance, conn: DuckDBConnection, job: Job
     };
     const started = Date.now();
     const took: { postgres?: number; hot_tier?: number } = {};
+    const toPostgres = loadPostgres(copyConn, job, table, ctx, hasDuplicates).then(
+      (value) => ((took.postgres = Date.now() - started), value),
+      (error: unknown) => {
+        fail(error);
+        throw error;
+      },
+    );
+    // With duplicates, each load ranks every entity's rows (a window over the whole source), and two such windows at
+    // once outgrow DuckDB's memory limit where one fits (measured: 20M rows, two per entity, at 128 MB), so the hot
+    // tier's load waits for Postgres's then.
+    const hotMayStart = hasDuplicates ? toPostgres.then(() => undefined, () => undefined) : Promise.resolve();
     const [postgres, hot] = await Promise.allSettled([
-      loadPostgres(copyConn, job, table, ctx, hasDuplicates).then(
-        (value) => ((took.postgres = Date.now() - started), value),
-        (error: unknown) => {
-          fail(error);
-          throw error;
-        },
-      ),
-      loadHotTier(conn, job, version, ctx, hasDuplicates, () => failed).then(
+      toPostgres,
+      hotMayStart.then(() => (failed ? { written: 0, deleted: 0 } : loadHotTier(conn, job, version, ctx, hasDuplicates, () => failed))).then(
         (value) => ((took.hot_tier = Date.now() - started), value),
         (error: unknown) => {
           fail(error);

@@ -368,7 +368,7 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
 
   it('a run that outgrows SYNC_DUCKDB_MEMORY_MB fails naming the setting, keeps the last version serving, and passes with more', async () => {
     expect((await sync({ view: 'memo', ...base }, rows(100))).summary).toMatchObject({ status: 'succeeded', version: 1 });
-    // Enough rows (two per entity) that the checks opening the run outgrow 16 MB, and fit in the default.
+    // Enough rows (two per entity) that the run outgrows 16 MB, and fits in the default.
     const { job } = await sync({ view: 'memo_src', ...base }, rows(10));
     const source = await writeParquet(path.join(dir, 'memo_dups.parquet'), `SELECT 'k' || (i % 150000) AS id, TIMESTAMP '2026-01-01' + INTERVAL (i) SECOND AS t, i * 1.0 AS score FROM range(1, 300001) t(i)`);
     const big = { ...job, view: 'memo', source };
