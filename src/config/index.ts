@@ -70,6 +70,10 @@ const envSchema = z.object({
         .min(1, 'expected at least one host:port seed'),
     )
     .optional(),
+  // One node takes these in REDIS_URL (redis://user:password@host:port, rediss:// for TLS); a cluster's seeds are host:port.
+  REDIS_CLUSTER_USERNAME: z.string().min(1).optional(),
+  REDIS_CLUSTER_PASSWORD: z.string().min(1).optional(),
+  REDIS_CLUSTER_TLS: bool.default(false),
   SYNC_JOBS_DIR: z.string().min(1).default('sync-jobs'),
   PGLITE_DATA_DIR: z.string().min(1).optional(),
   SYNC_ON_START: bool.optional(),
@@ -123,6 +127,8 @@ export interface Config {
   readonly replicaPollMs: number;
   /** Redis Cluster seed nodes (instead of redisUrl); the client learns the rest of the topology from them. */
   readonly redisClusterNodes: readonly { readonly host: string; readonly port: number }[] | undefined;
+  /** How to connect to every node of the Redis Cluster: an ACL user and password (AUTH), and TLS. */
+  readonly redisClusterConnection: { readonly username: string | undefined; readonly password: string | undefined; readonly tls: boolean };
   readonly embedded: boolean;
   readonly syncJobsDir: string;
   readonly pgliteDataDir: string | undefined;
@@ -201,6 +207,16 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
         `(DATABASE_URL is ${e.DATABASE_URL ? 'set' : 'unset'}, REDIS_URL is ${e.REDIS_URL ? 'set' : 'unset'}, REDIS_CLUSTER_NODES is ${e.REDIS_CLUSTER_NODES ? 'set' : 'unset'})`,
     );
   }
+  const clusterOnly = (['REDIS_CLUSTER_USERNAME', 'REDIS_CLUSTER_PASSWORD', 'REDIS_CLUSTER_TLS'] as const).filter((key) => (key === 'REDIS_CLUSTER_TLS' ? e.REDIS_CLUSTER_TLS : cleaned[key] !== undefined));
+  if (clusterOnly.length > 0 && !e.REDIS_CLUSTER_NODES) {
+    throw new ConfigError(
+      `${clusterOnly.join(', ')} ${clusterOnly.length > 1 ? 'are' : 'is'} set without REDIS_CLUSTER_NODES: ${clusterOnly.length > 1 ? 'they apply' : 'it applies'} only to a Redis Cluster; ` +
+        'for one Redis node put the user and password in REDIS_URL (redis://user:password@host:6379, rediss:// for TLS)',
+    );
+  }
+  if (e.REDIS_CLUSTER_USERNAME && !e.REDIS_CLUSTER_PASSWORD) {
+    throw new ConfigError('REDIS_CLUSTER_USERNAME is set without REDIS_CLUSTER_PASSWORD: a Redis ACL user signs in with a password; set REDIS_CLUSTER_PASSWORD too');
+  }
   const embedded = !e.DATABASE_URL;
   if (embedded && e.DATABASE_REPLICA_URLS?.length) {
     throw new ConfigError('DATABASE_REPLICA_URLS is set without DATABASE_URL: replicas need a primary server (the embedded mode has none); set DATABASE_URL or unset DATABASE_REPLICA_URLS');
@@ -215,6 +231,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     redisClusterNodes: e.REDIS_CLUSTER_NODES
       ? Object.freeze(e.REDIS_CLUSTER_NODES.map((seed) => Object.freeze({ host: seed.split(':')[0]!, port: Number(seed.split(':')[1]) })))
       : undefined,
+    redisClusterConnection: Object.freeze({ username: e.REDIS_CLUSTER_USERNAME, password: e.REDIS_CLUSTER_PASSWORD, tls: e.REDIS_CLUSTER_TLS }),
     embedded,
     syncJobsDir: path.resolve(cwd, e.SYNC_JOBS_DIR),
     pgliteDataDir: e.PGLITE_DATA_DIR ? path.resolve(cwd, e.PGLITE_DATA_DIR) : undefined,

@@ -34,6 +34,7 @@
 // only: a replica may lag, which could cost only misses, but masters keep one
 // story.
 import { createHash } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
 import { withDeadline } from '../deadline.js';
 import { ReadCoalescer } from './coalesce.js';
@@ -47,6 +48,11 @@ export interface RedisClusterOptions {
   readonly commandTimeoutMs: number;
   /** How often the slot map is refreshed (default 5 s), so a failover is noticed even where no MOVED says so. */
   readonly slotsRefreshMs?: number;
+  /** ACL user (with `password`) or, alone, the `requirepass` password: every node is signed in to with these. */
+  readonly username?: string;
+  readonly password?: string;
+  /** TLS to every node (Node's `tls.connect` options; {} for the system's CAs and NODE_EXTRA_CA_CERTS). */
+  readonly tls?: ConnectionOptions;
 }
 
 const SCAN_COUNT = 1000;
@@ -62,6 +68,8 @@ export class RedisClusterHotTier implements HotTier {
   readonly client: Cluster;
   private readonly timeoutMs: number;
   private masters: Map<string, Redis> | undefined;
+  /** The latest distinct connection and node errors ioredis reported (at most three), for the message when the cluster cannot be reached. */
+  private recentErrors: string[] = [];
   /** Masters already seen running Redis 7 or later (batch reads need script flags), by host:port. */
   private readonly onRedis7 = new Set<string>();
   /** Single-key lookups of the same few event-loop turns, read together (one call per master). */
@@ -89,16 +97,24 @@ export class RedisClusterHotTier implements HotTier {
         slotsRefreshTimeout: Math.max(options.commandTimeoutMs, 1000),
         // Keep trying to reach the cluster in the background, at most every 2 s.
         clusterRetryStrategy: (attempt) => Math.min(100 * attempt, 2000),
+        // With TLS, nodes are connected to by the names the cluster gives (not resolved to addresses first), so each
+        // certificate is checked against the name it was issued for.
+        ...(options.tls ? { dnsLookup: (address: string, callback: (error: null, address: string) => void) => callback(null, address) } : {}),
         redisOptions: {
           commandTimeout: options.commandTimeoutMs,
           connectTimeout: Math.max(options.commandTimeoutMs, 1000),
           maxRetriesPerRequest: 0,
+          ...(options.username ? { username: options.username } : {}),
+          ...(options.password ? { password: options.password } : {}),
+          ...(options.tls ? { tls: options.tls } : {}),
         },
       },
     );
-    // Node and connection errors surface on each command; the events themselves are not fatal.
-    this.client.on('error', () => undefined);
-    this.client.on('node error', () => undefined);
+    // Node and connection errors surface on each command; the events themselves are not fatal, but the latest say
+    // why the cluster cannot be reached (a wrong password, a certificate, TLS on one end only).
+    this.client.on('error', (error: Error) => this.noteError(error));
+    this.client.on('node error', (error: Error) => this.noteError(error));
+    this.client.on('ready', () => (this.recentErrors = []));
     for (const event of ['+node', '-node', 'refresh', 'ready']) this.client.on(event, () => (this.masters = undefined));
     // ioredis connects to a node only at its first command, and with no offline queue it refuses
     // the commands that arrive while that connection is being made: connect to each node at once.
@@ -273,7 +289,8 @@ export class RedisClusterHotTier implements HotTier {
     while (!this.isReady()) {
       if (Date.now() >= deadline) {
         throw new RedisClusterTimeoutError(
-          `the Redis Cluster did not become ready within ${timeoutMs} ms (client ${this.client.status}; are the REDIS_CLUSTER_NODES seeds right and cluster_state ok?)`,
+          `the Redis Cluster did not become ready within ${timeoutMs} ms (client ${this.client.status}${this.lastErrorText()}; ` +
+            'are the REDIS_CLUSTER_NODES seeds right, cluster_state ok, and REDIS_CLUSTER_PASSWORD and REDIS_CLUSTER_TLS as the nodes expect?)',
         );
       }
       await new Promise((resolve) => setTimeout(resolve, 20));
@@ -292,7 +309,7 @@ export class RedisClusterHotTier implements HotTier {
 
   /** The masters ioredis routes to, checked against the cluster's own view: all answer, all say cluster_state:ok, none is missing, and all run Redis 7+. */
   private async healthyMasters(): Promise<Redis[]> {
-    if (this.client.status !== 'ready') throw new Error(`the Redis Cluster client is ${this.client.status}, not ready`);
+    if (this.client.status !== 'ready') throw new Error(`the Redis Cluster client is ${this.client.status}, not ready${this.lastErrorText()}`);
     const masters = this.client.nodes('master');
     if (masters.length === 0) throw new Error('the Redis Cluster client knows no master yet');
     const infos = await Promise.all(masters.map(async (node) => [node, String(await node.cluster('INFO'))] as const));
@@ -328,6 +345,18 @@ export class RedisClusterHotTier implements HotTier {
       if (NOT_HERE.test((error as Error).message)) return this.within('read', this.client.getBuffer(key), this.timeoutMs - (performance.now() - started));
       throw error;
     }
+  }
+
+  private noteError(error: Error): void {
+    // 'Failed to refresh slots cache.' carries what the last node answered as lastNodeError; a certificate error comes
+    // on its own, before the 'Connection is closed.' that follows it.
+    const cause = (error as Error & { lastNodeError?: Error }).lastNodeError;
+    const text = cause ? `${error.message} (${cause.message})` : error.message;
+    this.recentErrors = [...this.recentErrors.filter((seen) => seen !== text), text].slice(-3);
+  }
+
+  private lastErrorText(): string {
+    return this.recentErrors.length ? `; latest errors: ${this.recentErrors.join(' | ')}` : '';
   }
 
   /** Connections by host:port, as the slot map names them; rebuilt after any topology change. */

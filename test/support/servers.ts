@@ -310,8 +310,34 @@ export interface RedisClusterServer {
   destroy(): Promise<void>;
 }
 
+/** How clients reach a test cluster's nodes: a requirepass password and, with `tls`, TLS only (certificate files of 127.0.0.1). */
+export interface RedisClusterAccess {
+  readonly password?: string;
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca: string };
+}
+
+/** redis-cli's arguments for `access`. */
+const cliAccess = (access: RedisClusterAccess): string[] => [
+  ...(access.password ? ['-a', access.password, '--no-auth-warning'] : []),
+  ...(access.tls ? ['--tls', '--cacert', access.tls.ca] : []),
+];
+
 function redisCli(port: number, ...args: string[]): string {
-  return execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 });
+  return redisCliAs({}, port, ...args);
+}
+
+function redisCliAs(access: RedisClusterAccess, port: number, ...args: string[]): string {
+  return execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...cliAccess(access), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 10_000 });
+}
+
+/**
+ * A self-signed certificate for 127.0.0.1 (its own CA), written into `dir` with openssl, for a TLS test cluster.
+ */
+export function selfSignedCertificate(dir: string): { cert: string; key: string; ca: string } {
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  return { cert, key, ca: cert };
 }
 
 /**
@@ -320,7 +346,15 @@ function redisCli(port: number, ...args: string[]): string {
  * `redis-cli --cluster create`. A short node timeout makes a failover take
  * seconds, not the default fifteen.
  */
-export async function startRedisCluster(): Promise<RedisClusterServer> {
+export async function startRedisCluster(access: RedisClusterAccess = {}): Promise<RedisClusterServer> {
+  const cli = (port: number, ...args: string[]) => redisCliAs(access, port, ...args);
+  const answers = async (port: number) => {
+    try {
+      return cli(port, 'PING').trim() === 'PONG';
+    } catch {
+      return false;
+    }
+  };
   const dir = await mkdtemp(path.join(os.tmpdir(), 'fs-redis-cluster-'));
   const ports: number[] = [];
   const children = new Map<number, ChildProcess>();
@@ -352,6 +386,11 @@ export async function startRedisCluster(): Promise<RedisClusterServer> {
           // A replica always takes over its failed master, however long since it last heard from it: on a loaded CI
           // machine the default (10 × node timeout) can leave a replica refusing, and the cluster down for good.
           '--cluster-replica-validity-factor', '0',
+          // Replicas sign in to their masters with the same password; with TLS, clients, replication and the bus use it.
+          ...(access.password ? ['--requirepass', access.password, '--masterauth', access.password] : []),
+          ...(access.tls
+            ? ['--port', '0', '--tls-port', String(port), '--tls-cluster', 'yes', '--tls-replication', 'yes', '--tls-cert-file', access.tls.cert, '--tls-key-file', access.tls.key, '--tls-ca-cert-file', access.tls.ca, '--tls-auth-clients', 'no']
+            : []),
         ],
         { stdio: 'ignore' },
       );
@@ -359,9 +398,9 @@ export async function startRedisCluster(): Promise<RedisClusterServer> {
       liveChildren.add(proc);
       proc.once('exit', () => liveChildren.delete(proc));
       const failed = new Promise<never>((_, reject) => proc.once('error', (error) => reject(new Error(`cannot start redis-server (apt-get install redis-server): ${error.message}`))));
-      await Promise.race([waitFor(`Redis cluster node on ${port}`, 10_000, () => redisAnswers(port)), failed]);
+      await Promise.race([waitFor(`Redis cluster node on ${port}`, 10_000, () => answers(port)), failed]);
     }
-    execFileSync('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'], {
+    execFileSync('redis-cli', [...cliAccess(access), '--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'pipe'],
       timeout: 60_000,
@@ -371,12 +410,12 @@ export async function startRedisCluster(): Promise<RedisClusterServer> {
     throw error;
   }
   const alive = () => ports.filter((p) => children.get(p)!.exitCode === null && children.get(p)!.signalCode === null);
-  const masters = async () => alive().filter((p) => /^role:master/m.test(redisCli(p, 'INFO', 'replication')));
+  const masters = async () => alive().filter((p) => /^role:master/m.test(cli(p, 'INFO', 'replication')));
   const waitHealthy = async (timeoutMs = 30_000, expectedMasters = 3) =>
     waitFor(`Redis Cluster (${expectedMasters} live masters, cluster_state:ok on every node)`, timeoutMs, async () => {
       if ((await masters()).length !== expectedMasters) return false;
       return alive().every((p) => {
-        const info = redisCli(p, 'CLUSTER', 'INFO');
+        const info = cli(p, 'CLUSTER', 'INFO');
         return info.includes('cluster_state:ok') && info.includes(`cluster_size:${expectedMasters}`);
       });
     });
@@ -391,7 +430,7 @@ export async function startRedisCluster(): Promise<RedisClusterServer> {
   try {
     await waitHealthy();
     // Replicas attached and in sync, so a failover has someone to promote.
-    await waitFor('Redis Cluster replicas in sync', 30_000, async () => (await masters()).every((p) => /connected_slaves:1/.test(redisCli(p, 'INFO', 'replication'))));
+    await waitFor('Redis Cluster replicas in sync', 30_000, async () => (await masters()).every((p) => /connected_slaves:1/.test(cli(p, 'INFO', 'replication'))));
   } catch (error) {
     await destroy();
     throw error;
