@@ -57,7 +57,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const jobs = await loadJobDefinitions(config.syncJobsDir);
   const db: Database = config.embedded
     ? await PgliteDatabase.open(config.pgliteDataDir)
-    : new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 20, statementTimeoutMs: config.requestTimeoutMs, clientTimeoutMs: config.requestTimeoutMs });
+    : new PostgresDatabase({ url: config.databaseUrl!, maxConnections: config.databasePoolSize, statementTimeoutMs: config.requestTimeoutMs, clientTimeoutMs: config.requestTimeoutMs });
   const hot: HotTier = config.embedded ? new MemoryHotTier() : createHotTier(config, config.redisTimeoutMs);
   try {
     await ensureSchema(db);
@@ -135,7 +135,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
         pollMs: config.replicaPollMs,
         clientTimeoutMs: Math.max(50, Math.floor(config.requestTimeoutMs / 3)),
         statementTimeoutMs: config.requestTimeoutMs,
-        maxConnections: 20,
+        maxConnections: config.databasePoolSize,
         onRead: (replica) => metrics.replicaReads.inc({ replica }),
         onSkip: (replica, reason) => metrics.replicaSkips.inc({ replica, reason }),
       })

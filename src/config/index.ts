@@ -56,6 +56,7 @@ const envSchema = z.object({
     .pipe(z.array(postgresUrl))
     .optional(),
   DATABASE_REPLICA_POLL_MS: positiveInt().default(250),
+  DATABASE_POOL_SIZE: positiveInt(1000).default(20),
   REDIS_CLUSTER_NODES: z
     .string()
     .transform((text) => text.split(',').map((seed) => seed.trim()).filter(Boolean))
@@ -125,6 +126,8 @@ export interface Config {
   readonly databaseReplicaUrls: readonly string[];
   /** How often each replica's replay progress and health are checked. */
   readonly replicaPollMs: number;
+  /** Connections each serving process may open to the primary, and to each replica, for lookups and requests. */
+  readonly databasePoolSize: number;
   /** Redis Cluster seed nodes (instead of redisUrl); the client learns the rest of the topology from them. */
   readonly redisClusterNodes: readonly { readonly host: string; readonly port: number }[] | undefined;
   /** How to connect to every node of the Redis Cluster: an ACL user and password (AUTH), and TLS. */
@@ -228,6 +231,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     redisUrl: e.REDIS_URL,
     databaseReplicaUrls: Object.freeze([...(e.DATABASE_REPLICA_URLS ?? [])]),
     replicaPollMs: e.DATABASE_REPLICA_POLL_MS,
+    databasePoolSize: e.DATABASE_POOL_SIZE,
     redisClusterNodes: e.REDIS_CLUSTER_NODES
       ? Object.freeze(e.REDIS_CLUSTER_NODES.map((seed) => Object.freeze({ host: seed.split(':')[0]!, port: Number(seed.split(':')[1]) })))
       : undefined,

@@ -150,14 +150,29 @@ describe('deployment descriptions', () => {
     for (const doc of k8s().filter((d) => d.spec?.template?.spec?.containers)) {
       for (const container of doc.spec.template.spec.containers as Obj[]) {
         expect(ours(container.image)).toBe(true);
-        expect(container.ports).toEqual([{ name: 'http', containerPort: docker.expose }]);
-        const port = (container.env as Obj[]).find((e) => e.name === 'PORT')?.value;
-        expect(port).toBe(String(docker.expose));
+        // The server's pods listen on the image's port; a one-shot command (the API key Job) listens on none.
+        if (!container.command || container.command.includes('dist/server.js')) {
+          expect(container.ports).toEqual([{ name: 'http', containerPort: docker.expose }]);
+          const port = (container.env as Obj[]).find((e) => e.name === 'PORT')?.value;
+          expect(port).toBe(String(docker.expose));
+        }
         if (container.command) expectRealEntryPoint(container.command);
         // The image runs as the unprivileged `node` user (uid 1000).
         expect(doc.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 1000 });
       }
     }
+  });
+
+  it('Kubernetes: a one-shot Job creates the first API key with the settings the pods get, never retried into a second key', () => {
+    const docs = k8s();
+    const job = docs.find((d) => d.kind === 'Job' && d.metadata.name === 'feature-api-key');
+    expect(job).toBeDefined();
+    expect(job!.spec.backoffLimit).toBe(0);
+    expect(job!.spec.template.spec.restartPolicy).toBe('Never');
+    const [container] = job!.spec.template.spec.containers as Obj[];
+    expect(container!.command).toEqual(['node', 'dist/cli/ctl.js', 'keys', 'create', 'api', '--views', '*']);
+    const api = docs.find((d) => d.kind === 'Deployment' && d.metadata.name === 'feature-serving-api');
+    expect(container!.envFrom).toEqual(api!.spec.template.spec.containers[0].envFrom);
   });
 
   it('Kubernetes: readiness on /readyz, liveness on /healthz, resource requests, a PodDisruptionBudget over the API pods, syncs in one place', () => {
