@@ -147,9 +147,21 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       return { version, result: await reader.read(version, ids) };
     } catch (error) {
       if (!(error instanceof VersionGoneError)) throw error;
-      await catalog.refresh();
-      const current = requireVersion(catalog.get(view.job.view)!);
-      return { version: current, result: await reader.read(current, ids) };
+      try {
+        await catalog.refresh();
+        const current = requireVersion(catalog.get(view.job.view)!);
+        return { version: current, result: await reader.read(current, ids) };
+      } catch (again) {
+        if (again instanceof ApiError || again instanceof StoreUnavailableError) throw again;
+        // A 503 that the log explains, not an unexpected 500: Postgres cannot say which version is current, or the
+        // version it names is gone too.
+        throw new StoreUnavailableError(
+          again instanceof VersionGoneError
+            ? `version ${version.version} of view "${view.job.view}" was reclaimed while being read, and so was the one the catalog then named: ${again.message}`
+            : `version ${version.version} of view "${view.job.view}" was reclaimed while being read, and the catalog could not be read again: ${(again as Error).message}`,
+          { cause: again },
+        );
+      }
     }
   }
 

@@ -218,4 +218,18 @@ describe('failed sync runs', () => {
     const stored = await server.db.query<{ score: number }>(`SELECT score FROM featurestore_data.scores__v9 WHERE entity_id = ANY($1) ORDER BY score`, [['k1', 'k150000', 'k300000']]);
     expect(stored.map((r) => Number(r.score))).toEqual([9, 1_350_000, 2_700_000]);
   }, 120_000);
+
+  it('a served version whose data is gone from both stores (dropped by hand, a partial restore) answers 503 with Retry-After, not a 500; the next sync serves again', async () => {
+    await server.db.query('DROP TABLE featurestore_data.scores__v9');
+    for (const id of ['k1', 'k2']) await keys.del(hotKey('scores', 9, id));
+    // The read meets the missing table, re-reads the catalog, which still names version 9, and meets it again.
+    const response = await fetch(`${baseUrl}/features/v1/batch`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ view: 'scores', entity_ids: ['k1', 'k2'] }) });
+    expect(response.status).toBe(503);
+    expect(response.headers.get('Retry-After')).toBe('1');
+    expect(await response.json()).toMatchObject({ type: expect.stringMatching(/store-unavailable$/) });
+    await publishSource(rowsSql(1000, 'i * 10.0'));
+    expect(await server.runner.run('scores', 'manual', { force: true })).toMatchObject({ status: 'succeeded', version: 10 });
+    await expect.poll(async () => (await fetchScores(['k1'])).version, { timeout: 5_000 }).toBe('10');
+    expect((await fetchScores(['k2'])).body.results[0]!.features!.score).toBe(20);
+  }, 60_000);
 });
