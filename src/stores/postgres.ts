@@ -394,17 +394,27 @@ export interface NotificationListenerOptions {
   readonly onListening: () => void;
   readonly onLost?: (error: Error) => void;
   readonly connectTimeoutMs?: number;
+  /**
+   * How often the idle connection is checked with a query (default 10 s), and how long that may take (default 5 s):
+   * a connection that dies without a word (a NAT or balancer dropping idle flows, a host gone) otherwise looks
+   * alive for hours, while notifications silently stop.
+   */
+  readonly heartbeatMs?: number;
+  readonly heartbeatTimeoutMs?: number;
 }
 
 /**
  * A dedicated connection that LISTENs on one channel of the primary, and
- * reconnects (and LISTENs again) with backoff up to 5 s whenever it is lost.
+ * reconnects (and LISTENs again) with backoff up to 5 s whenever it is lost,
+ * including when it stops answering the periodic check.
  */
 export class NotificationListener {
   private client: pg.Client | undefined;
   private closed = false;
   private retryMs = 100;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** Checks the live connection (see heartbeatMs). */
+  private heartbeat: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: NotificationListenerOptions) {}
 
@@ -423,7 +433,10 @@ export class NotificationListener {
     const onLost = (error: Error) => {
       if (lost) return;
       lost = true;
-      if (this.client === client) this.client = undefined;
+      if (this.client === client) {
+        this.client = undefined;
+        clearInterval(this.heartbeat);
+      }
       void client.end().catch(() => undefined);
       if (this.closed) return;
       this.options.onLost?.(error);
@@ -450,12 +463,27 @@ export class NotificationListener {
     }
     this.client = client;
     this.retryMs = 100;
+    const checkTimeoutMs = this.options.heartbeatTimeoutMs ?? 5_000;
+    let checking = false;
+    this.heartbeat = setInterval(() => {
+      if (checking) return;
+      checking = true;
+      const check = client.query('SELECT 1');
+      withDeadline(check, checkTimeoutMs, () => new Error(`the listening connection did not answer a check within ${checkTimeoutMs} ms`))
+        .then(
+          () => undefined,
+          (error: Error) => onLost(error),
+        )
+        .finally(() => (checking = false));
+    }, this.options.heartbeatMs ?? 10_000);
+    this.heartbeat.unref();
     this.options.onListening();
   }
 
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.heartbeat);
     const client = this.client;
     this.client = undefined;
     await client?.end().catch(() => undefined);

@@ -11,7 +11,7 @@ import { NotificationListener, PostgresDatabase } from '../../src/stores/postgre
 import { jobLockKey } from '../../src/sync/engine.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
-import { startRedis, type RedisServer } from '../support/servers.js';
+import { startPostgres, startRedis, type RedisServer } from '../support/servers.js';
 
 /** The bound this test holds the NOTIFY path to (README "Several API processes"); typically it takes a few ms. */
 const BOUND_MS = 2000;
@@ -185,4 +185,44 @@ describe('an existing database', () => {
       await database.drop();
     }
   });
+});
+
+describe('the listening connection', () => {
+  it('is replaced when it stops answering without a word (a frozen server stands for a dropped idle flow), and LISTENs again', async () => {
+    const postgres = await startPostgres();
+    const lost: string[] = [];
+    const payloads: string[] = [];
+    let listens = 0;
+    const listener = new NotificationListener({
+      url: postgres.url,
+      channel: 'probe',
+      onNotification: (p) => payloads.push(p),
+      onListening: () => listens++,
+      onLost: (error) => lost.push(error.message),
+      heartbeatMs: 200,
+      heartbeatTimeoutMs: 500,
+      connectTimeoutMs: 1000,
+    });
+    const db = new PostgresDatabase({ url: postgres.url });
+    try {
+      listener.start();
+      await expect.poll(() => listens, { timeout: 10_000 }).toBe(1);
+      // Checks that pass change nothing.
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      expect(lost).toEqual([]);
+      // The server stops answering but the socket stays open: only the check can tell.
+      postgres.freeze();
+      await expect.poll(() => lost[0], { timeout: 5_000 }).toBe('the listening connection did not answer a check within 500 ms');
+      expect(listener.listening).toBe(false);
+      postgres.thaw();
+      await expect.poll(() => listens, { timeout: 15_000 }).toBe(2);
+      await db.query(`SELECT pg_notify('probe', 'after')`);
+      await expect.poll(() => payloads, { timeout: 5_000 }).toEqual(['after']);
+    } finally {
+      postgres.thaw();
+      await listener.close();
+      await db.close();
+      await postgres.destroy();
+    }
+  }, 60_000);
 });
