@@ -88,6 +88,13 @@ describe('configuration: numbers', () => {
     expect(() => loadConfig({ SYNC_DUCKDB_MEMORY_MB: '1GB' })).toThrow(/SYNC_DUCKDB_MEMORY_MB: expected a whole number in decimal digits/);
   });
 
+  it('sizes the Postgres pools of a serving process, naming the variable', () => {
+    expect(loadConfig({}).databasePoolSize).toBe(20);
+    expect(loadConfig({ DATABASE_POOL_SIZE: '8' }).databasePoolSize).toBe(8);
+    expect(() => loadConfig({ DATABASE_POOL_SIZE: '0' })).toThrow(/DATABASE_POOL_SIZE: /);
+    expect(() => loadConfig({ DATABASE_POOL_SIZE: '5000' })).toThrow(/DATABASE_POOL_SIZE: .*1000/);
+  });
+
   it('takes only plain decimal numbers, naming the variable and the form', () => {
     expect(() => loadConfig({ PORT: '0x1F90' })).toThrow(/PORT: expected a whole number in decimal digits, such as 30 \(got "0x1F90"\)/);
     expect(() => loadConfig({ PORT: '1e3' })).toThrow(/PORT: expected a whole number in decimal digits/);
