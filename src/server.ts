@@ -80,11 +80,13 @@ export async function startServer(config: Config, log: Logger = createLogger(con
     log.warn('server.auth_open', { message: 'AUTH_MODE=open: feature and sync routes answer without an API key' });
   }
 
-  const catalog = new Catalog(db, jobs, (view, served, found) =>
+  const catalog = new Catalog(db, jobs, (view, served, found, versions) =>
     log.warn('catalog.behind', {
       view,
       served_generation: served,
       found_generation: found,
+      served_version: versions.served,
+      found_version: versions.found,
       message: 'Postgres shows an older switch of this view than this process serves (was the database restored?); it keeps serving what it served: restart the API processes to follow the database',
     }),
   );

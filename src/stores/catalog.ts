@@ -58,11 +58,11 @@ export class Catalog {
     private readonly db: Queryable,
     jobs: readonly JobDefinition[],
     /**
-     * Called when the primary shows a view at an older switch than this process serves. Refreshes are serialized,
-     * so this is not a race: the database went back (restored from a backup?). The process keeps serving what it
-     * served, and says so.
+     * Called when the primary shows a view at an older switch than this process serves, or at the same switch with
+     * another version. Refreshes are serialized, so this is not a race: the database went back (restored from a
+     * backup?). The process keeps serving what it served, and says so.
      */
-    private readonly onBehind?: (view: string, servedGeneration: number, foundGeneration: number) => void,
+    private readonly onBehind?: (view: string, servedGeneration: number, foundGeneration: number, versions: { served: number; found: number }) => void,
   ) {
     for (const job of jobs) {
       this.views.set(job.view, { job, current: null });
@@ -124,10 +124,13 @@ export class Catalog {
         // read that raced a newer one); the same version keeps its resolved
         // object and prepared statement name.
         if (view.current && version.generation <= view.current.generation) {
-          const key = `${version.view}:${version.generation}`;
-          if (version.generation < view.current.generation && !this.reportedBehind.has(key)) {
+          // Behind, or at the served generation with another version: one switch cannot name two versions, so the
+          // database went back and was switched again since (a restore, then a publish).
+          const diverged = version.generation < view.current.generation || version.version !== view.current.version;
+          const key = `${version.view}:${version.generation}:${version.version}`;
+          if (diverged && !this.reportedBehind.has(key)) {
             this.reportedBehind.add(key);
-            this.onBehind?.(version.view, view.current.generation, version.generation);
+            this.onBehind?.(version.view, view.current.generation, version.generation, { served: view.current.version, found: version.version });
           }
           continue;
         }

@@ -34,7 +34,7 @@ describe('catalog', () => {
   });
 
   it('keeps serving what it served when the database shows an older switch, and reports it once', async () => {
-    const reports: [string, number, number][] = [];
+    const reports: [string, number, number, { served: number; found: number }][] = [];
     const catalog = new Catalog(server.db, await loadJobDefinitions(dir), (...report) => reports.push(report));
     await catalog.refresh();
     const served = catalog.get('items')!.current!;
@@ -46,6 +46,18 @@ describe('catalog', () => {
     await catalog.refresh();
     await catalog.refresh();
     expect(catalog.get('items')!.current).toBe(served);
-    expect(reports).toEqual([['items', served.generation, 1]]);
+    expect(reports).toEqual([['items', served.generation, 1, { served: served.version, found: served.version }]]);
+
+    // Then switched again after the restore, up to the generation served but to another version: that too.
+    await server.db.query(`ALTER TABLE ${META_SCHEMA}.views DISABLE TRIGGER views_next_generation`);
+    await server.db.query(`UPDATE ${META_SCHEMA}.views SET generation = $1, current_version = $2 WHERE view = 'items'`, [served.generation, served.version - 1]);
+    await server.db.query(`ALTER TABLE ${META_SCHEMA}.views ENABLE TRIGGER views_next_generation`);
+    await catalog.refresh();
+    await catalog.refresh();
+    expect(catalog.get('items')!.current).toBe(served);
+    expect(reports).toEqual([
+      ['items', served.generation, 1, { served: served.version, found: served.version }],
+      ['items', served.generation, served.generation, { served: served.version, found: served.version - 1 }],
+    ]);
   });
 });
