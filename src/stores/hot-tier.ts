@@ -10,7 +10,13 @@ export interface HotTier {
   get(keys: readonly string[]): Promise<(Buffer | null)[]>;
   /** Writes a batch of entries; with a TTL when filling behind a miss. The caller may reuse the values' bytes once the promise settles, so keep a copy to hold them longer. */
   set(entries: readonly (readonly [string, Buffer])[], ttlSeconds?: number): Promise<void>;
-  /** Removes every key of one version; returns how many were removed. */
+  /**
+   * Marks a version as being written, before its first key: false if it was marked already. A version number is
+   * never allocated twice unless Postgres lost a version the hot tier still holds (a restore to an earlier state),
+   * and then the caller drops what is there before writing, so no key of the lost version survives into the new one.
+   */
+  claimVersion(view: string, version: number): Promise<boolean>;
+  /** Removes every key of one version, and its mark; returns how many keys were removed. */
   dropVersion(view: string, version: number): Promise<number>;
   ping(): Promise<void>;
   close(): Promise<void>;
@@ -18,6 +24,11 @@ export interface HotTier {
 
 export function hotKeyPrefix(view: string, version: number): string {
   return `fs:${view}:${version}:`;
+}
+
+/** The mark of a version (claimVersion): the prefix without its last colon, so no entity's key can equal it. */
+export function hotVersionMark(view: string, version: number): string {
+  return `fs:${view}:${version}`;
 }
 
 export function hotKey(view: string, version: number, entityId: string): string {

@@ -1,11 +1,12 @@
 // Owns the embedded hot tier: a map in this process standing in for Redis when
 // no REDIS_URL is given. Same contract as Redis, minus the network.
 import type { HotTier } from './hot-tier.js';
-import { hotKeyPrefix } from './hot-tier.js';
+import { hotKeyPrefix, hotVersionMark } from './hot-tier.js';
 
 export class MemoryHotTier implements HotTier {
   readonly kind = 'memory' as const;
   private readonly entries = new Map<string, { value: Buffer; expiresAt: number }>();
+  private readonly marks = new Set<string>();
 
   async get(keys: readonly string[]): Promise<(Buffer | null)[]> {
     const now = Date.now();
@@ -26,7 +27,15 @@ export class MemoryHotTier implements HotTier {
     for (const [key, value] of entries) this.entries.set(key, { value: Buffer.from(value), expiresAt });
   }
 
+  async claimVersion(view: string, version: number): Promise<boolean> {
+    const mark = hotVersionMark(view, version);
+    if (this.marks.has(mark)) return false;
+    this.marks.add(mark);
+    return true;
+  }
+
   async dropVersion(view: string, version: number): Promise<number> {
+    this.marks.delete(hotVersionMark(view, version));
     const prefix = hotKeyPrefix(view, version);
     let removed = 0;
     for (const key of this.entries.keys()) {
@@ -46,5 +55,6 @@ export class MemoryHotTier implements HotTier {
 
   async close(): Promise<void> {
     this.entries.clear();
+    this.marks.clear();
   }
 }

@@ -39,7 +39,7 @@ import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
 import { withDeadline } from '../deadline.js';
 import { ReadCoalescer } from './coalesce.js';
 import type { HotTier } from './hot-tier.js';
-import { hotKeyPrefix } from './hot-tier.js';
+import { hotKeyPrefix, hotVersionMark } from './hot-tier.js';
 
 export interface RedisClusterOptions {
   /** Seed nodes; the client learns the rest of the topology from any one of them. */
@@ -271,7 +271,14 @@ export class RedisClusterHotTier implements HotTier {
         for (const count of counts) removed += Number(count);
       } while (cursor !== '0');
     }
+    // The mark last: a drop cut short leaves it, so the version still reads as used.
+    await this.within('drop of a version mark', this.client.unlink(hotVersionMark(view, version)));
     return removed;
+  }
+
+  async claimVersion(view: string, version: number): Promise<boolean> {
+    if (!this.isReady()) await this.ready(this.timeoutMs);
+    return (await this.within('version mark', this.client.set(hotVersionMark(view, version), '1', 'NX'))) === 'OK';
   }
 
   /** Every master must answer and see the cluster as healthy, so /readyz reports a failover in progress. */

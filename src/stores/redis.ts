@@ -4,7 +4,7 @@
 import { Redis } from 'ioredis';
 import { ReadCoalescer } from './coalesce.js';
 import type { HotTier } from './hot-tier.js';
-import { hotKeyPrefix } from './hot-tier.js';
+import { hotKeyPrefix, hotVersionMark } from './hot-tier.js';
 
 export interface RedisOptions {
   readonly url: string;
@@ -65,6 +65,10 @@ export class RedisHotTier implements HotTier {
     await this.client.mset(...entries.flat());
   }
 
+  async claimVersion(view: string, version: number): Promise<boolean> {
+    return (await this.client.set(hotVersionMark(view, version), '1', 'NX')) === 'OK';
+  }
+
   async dropVersion(view: string, version: number): Promise<number> {
     let cursor = '0';
     let removed = 0;
@@ -73,6 +77,8 @@ export class RedisHotTier implements HotTier {
       cursor = next;
       if (keys.length) removed += await this.client.unlink(...keys);
     } while (cursor !== '0');
+    // The mark last: a drop cut short leaves it, so the version still reads as used.
+    await this.client.unlink(hotVersionMark(view, version));
     return removed;
   }
 

@@ -215,6 +215,15 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     phase('read_and_check');
 
     version = await allocateVersion(db, job, runId);
+    const stale = await claimHotVersion(job.view, version, hot);
+    if (stale !== null) {
+      details.stale_hot_keys_dropped = stale;
+      log.warn('sync.stale_hot_keys', {
+        version,
+        keys: stale,
+        message: `the hot tier held ${stale} keys of version ${version} that Postgres has no record of (was the database restored to an earlier state?); they were dropped before loading, so none is served as part of the new version`,
+      });
+    }
     const table = versionTable(job.view, version);
     await db.query(createTableSql(table, job.features));
     let rowCount: number;
@@ -444,6 +453,20 @@ async function recordRejects(conn: DuckDBConnection, db: Database, job: JobDefin
     [runId, job.view, sample.map((r) => r.entity_id), sample.map((r) => r.column_name), sample.map((r) => r.reason)],
   );
   judgeRejects(job, stats, summary);
+}
+
+/**
+ * Marks the new version in the hot tier before its first key. If the mark is
+ * there already, the number was used before by a version Postgres lost (a
+ * restore to an earlier state): its keys are dropped, and the count returned,
+ * so none of them (an entity the new data lacks, say) is served as part of
+ * this version. Null when the version is new to the hot tier too.
+ */
+async function claimHotVersion(view: string, version: number, hot: HotTier): Promise<number | null> {
+  if (await hot.claimVersion(view, version)) return null;
+  const dropped = await hot.dropVersion(view, version);
+  if (!(await hot.claimVersion(view, version))) throw new Error(`the hot tier still marks version ${version} of ${view} as used after dropping its keys: another writer is loading it`);
+  return dropped;
 }
 
 async function allocateVersion(db: Database, job: JobDefinition, runId: number): Promise<number> {

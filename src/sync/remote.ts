@@ -79,6 +79,7 @@ export class RemoteStores {
       kind,
       get: (keys) => call('hot.get', keys),
       set: (entries, ttl) => call('hot.set', entries, ttl),
+      claimVersion: (view, version) => call('hot.claimVersion', view, version),
       dropVersion: (view, version) => call('hot.dropVersion', view, version),
       ping: () => call('hot.ping'),
       close: async () => undefined,
@@ -152,6 +153,8 @@ export class StoreHost {
         return this.hot.get(a[0] as string[]);
       case 'hot.set':
         return this.hot.set(a[0] as [string, Buffer][], a[1] as number | undefined);
+      case 'hot.claimVersion':
+        return this.hot.claimVersion(a[0] as string, a[1] as number);
       case 'hot.dropVersion':
         return this.hot.dropVersion(a[0] as string, a[1] as number);
       case 'hot.ping':

@@ -210,13 +210,19 @@ describe('Redis Cluster', () => {
       }
     });
 
-    it('drops one version on every master and nothing else', async () => {
+    it('drops one version on every master and nothing else, its mark too', async () => {
+      // The mark a sync sets before writing a version: once only, until the version is dropped.
+      expect(await tier.claimVersion('drop', 1)).toBe(true);
+      expect(await tier.claimVersion('drop', 1)).toBe(false);
+      expect(await tier.claimVersion('drop', 2)).toBe(true);
       await tier.set(Array.from({ length: 1500 }, (_, i) => [hotKey('drop', 1, `e${i}`), Buffer.from('old')] as const));
       await tier.set(Array.from({ length: 300 }, (_, i) => [hotKey('drop', 2, `e${i}`), Buffer.from('new')] as const));
       expect(await tier.dropVersion('drop', 1)).toBe(1500);
       expect(await keysPerMaster('fs:drop:1:*')).toEqual([0, 0, 0]);
       expect((await keysPerMaster('fs:drop:2:*')).reduce((a, b) => a + b, 0)).toBe(300);
       expect(await tier.dropVersion('drop', 1)).toBe(0);
+      expect(await tier.claimVersion('drop', 1)).toBe(true);
+      expect(await tier.claimVersion('drop', 2)).toBe(false);
     });
 
     it('answers a health check from every master', async () => {
