@@ -9,11 +9,11 @@ import { RedisHotTier } from './redis.js';
 
 export type RedisTier = RedisHotTier | RedisClusterHotTier;
 
-export function createHotTier(config: Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisClusterConnection'>, commandTimeoutMs: number): RedisTier {
+export function createHotTier(config: Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisClusterConnection' | 'redisRetryAfterMs'>, commandTimeoutMs: number): RedisTier {
   if (config.redisClusterNodes) {
     const { username, password, tls } = config.redisClusterConnection;
     // TLS with the system's CAs and any in NODE_EXTRA_CA_CERTS, checked against each node's name.
-    return new RedisClusterHotTier({ nodes: config.redisClusterNodes, commandTimeoutMs, username, password, tls: tls ? {} : undefined });
+    return new RedisClusterHotTier({ nodes: config.redisClusterNodes, commandTimeoutMs, masterRetryAfterMs: config.redisRetryAfterMs, username, password, tls: tls ? {} : undefined });
   }
   if (config.redisUrl) return new RedisHotTier({ url: config.redisUrl, commandTimeoutMs });
   throw new Error('no Redis configured: set REDIS_URL or REDIS_CLUSTER_NODES');

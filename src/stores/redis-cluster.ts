@@ -48,6 +48,12 @@ export interface RedisClusterOptions {
   readonly commandTimeoutMs: number;
   /** How often the slot map is refreshed (default 5 s), so a failover is noticed even where no MOVED says so. */
   readonly slotsRefreshMs?: number;
+  /**
+   * After a read of a master times out, how long reads that need it fail at once rather than each waiting out the
+   * timeout (default 1 s; REDIS_RETRY_AFTER_MS). A master cut off without a reset answers nothing until it is
+   * failed over, and reads of the other masters would otherwise keep the reader's breaker closed.
+   */
+  readonly masterRetryAfterMs?: number;
   /** ACL user (with `password`) or, alone, the `requirepass` password: every node is signed in to with these. */
   readonly username?: string;
   readonly password?: string;
@@ -68,6 +74,9 @@ export class RedisClusterHotTier implements HotTier {
   readonly client: Cluster;
   private readonly timeoutMs: number;
   private masters: Map<string, Redis> | undefined;
+  /** Masters whose reads timed out, by connection: until when reads that need them fail at once. */
+  private readonly timedOutUntil = new Map<Redis, number>();
+  private readonly masterRetryAfterMs: number;
   /** The latest distinct connection and node errors ioredis reported (at most three), for the message when the cluster cannot be reached. */
   private recentErrors: string[] = [];
   /** Masters already seen running Redis 7 or later (batch reads need script flags), by host:port. */
@@ -81,6 +90,7 @@ export class RedisClusterHotTier implements HotTier {
   constructor(options: RedisClusterOptions) {
     if (options.nodes.length === 0) throw new Error('a Redis Cluster needs at least one seed node (REDIS_CLUSTER_NODES)');
     this.timeoutMs = options.commandTimeoutMs;
+    this.masterRetryAfterMs = options.masterRetryAfterMs ?? 1000;
     this.client = new Cluster(
       options.nodes.map((n) => ({ host: n.host, port: n.port })),
       {
@@ -148,6 +158,7 @@ export class RedisClusterHotTier implements HotTier {
     const left = () => this.timeoutMs - (performance.now() - started);
     const direct = this.byMaster(keys.length, (i) => keys[i]!);
     if (!direct) return this.within(`read of ${keys.length} keys`, this.getRouted(keys), left());
+    for (const node of direct.keys()) this.checkNotTimedOut(node);
     const values: (Buffer | null)[] = new Array(keys.length);
     await Promise.all(
       [...direct].map(async ([node, indexes]) => {
@@ -157,6 +168,7 @@ export class RedisClusterHotTier implements HotTier {
           // One key of this master: a plain GET costs both ends less than a script call.
           replies = own.length === 1 ? [await node.getBuffer(own[0]!)] : await readScript(node, own);
         } catch (error) {
+          this.noteTimeout(node, error);
           if (!NOT_HERE.test((error as Error).message)) throw error;
           replies = await this.within(`read of ${own.length} keys`, this.getRouted(own), left());
         }
@@ -345,13 +357,31 @@ export class RedisClusterHotTier implements HotTier {
     const owner = this.client.slots[keySlot(key)]?.[0];
     const node = owner === undefined ? undefined : this.mastersByName().get(owner);
     if (!node || node.status !== 'ready') return this.within('read', this.client.getBuffer(key));
+    this.checkNotTimedOut(node);
     try {
       // Bounded by the connection's command timeout: no deadline of our own to arm per read.
       return await node.getBuffer(key);
     } catch (error) {
+      this.noteTimeout(node, error);
       if (NOT_HERE.test((error as Error).message)) return this.within('read', this.client.getBuffer(key), this.timeoutMs - (performance.now() - started));
       throw error;
     }
+  }
+
+  /** Fails at once a read that needs a master whose read timed out within masterRetryAfterMs. */
+  private checkNotTimedOut(node: Redis): void {
+    const until = this.timedOutUntil.get(node);
+    if (until === undefined) return;
+    if (Date.now() >= until) {
+      // The next read tries it again (and, timing out again, marks it again).
+      this.timedOutUntil.delete(node);
+      return;
+    }
+    throw new RedisClusterTimeoutError(`Redis Cluster master ${nodeName(node)} did not answer a read within ${this.timeoutMs} ms; reads that need it fail at once for ${this.masterRetryAfterMs} ms`);
+  }
+
+  private noteTimeout(node: Redis, error: unknown): void {
+    if ((error as Error).message === 'Command timed out') this.timedOutUntil.set(node, Date.now() + this.masterRetryAfterMs);
   }
 
   private noteError(error: Error): void {

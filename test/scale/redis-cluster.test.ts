@@ -225,6 +225,39 @@ describe('Redis Cluster', () => {
       expect(await tier.claimVersion('drop', 2)).toBe(false);
     });
 
+    it('a master that stops answering without a reset costs one read timeout, not one per read: reads that need it fail at once for a while, the others go on', async () => {
+      const nodes = cluster.nodes.split(',').map((seed) => ({ host: '127.0.0.1', port: Number(seed.split(':')[1]) }));
+      const quick = new RedisClusterHotTier({ nodes, commandTimeoutMs: 300, masterRetryAfterMs: 800 });
+      try {
+        await quick.ready(20_000);
+        const entries = Array.from({ length: 60 }, (_, i) => [hotKey('cut', 1, `e${i}`), Buffer.from(`v${i}`)] as const);
+        await quick.set(entries);
+        const ownerPort = (key: string) => Number(quick.client.slots[keySlot(key)]![0]!.split(':')[1]);
+        const frozenPort = ownerPort(entries[0]![0]);
+        const onFrozen = entries[0]!;
+        const elsewhere = entries.find(([key]) => ownerPort(key) !== frozenPort)!;
+        // Shorter than the cluster's node timeout (2 s), so no failover starts.
+        cluster.freeze(frozenPort);
+        try {
+          let started = performance.now();
+          await expect(quick.get([onFrozen[0]])).rejects.toThrow('Command timed out');
+          expect(performance.now() - started).toBeGreaterThanOrEqual(250);
+          started = performance.now();
+          await expect(quick.get([onFrozen[0]])).rejects.toThrow(`Redis Cluster master 127.0.0.1:${frozenPort} did not answer a read within 300 ms; reads that need it fail at once for 800 ms`);
+          await expect(quick.get([elsewhere[0], onFrozen[0]])).rejects.toThrow(/did not answer a read/);
+          expect(performance.now() - started).toBeLessThan(250);
+          expect(await quick.get([elsewhere[0]])).toEqual([elsewhere[1]]);
+        } finally {
+          cluster.thaw(frozenPort);
+        }
+        // Past the retry time the master is asked again.
+        await new Promise((resolve) => setTimeout(resolve, 850));
+        expect(await quick.get([onFrozen[0], elsewhere[0]])).toEqual([onFrozen[1], elsewhere[1]]);
+      } finally {
+        await quick.close();
+      }
+    });
+
     it('answers a health check from every master', async () => {
       await expect(tier.ping()).resolves.toBeUndefined();
     });

@@ -305,6 +305,9 @@ export interface RedisClusterServer {
   masters(): Promise<number[]>;
   /** SIGKILLs one node: no shutdown, no goodbye to the cluster, as a crash would. */
   kill(port: number): void;
+  /** SIGSTOPs one node: its connections stay open and nothing answers, as when it is cut off without a reset. */
+  freeze(port: number): void;
+  thaw(port: number): void;
   /** Resolves once `masters` live nodes are masters and every live node reports cluster_state:ok with that many serving slots. */
   waitHealthy(timeoutMs?: number, masters?: number): Promise<void>;
   destroy(): Promise<void>;
@@ -424,6 +427,8 @@ export async function startRedisCluster(access: RedisClusterAccess = {}): Promis
     ports,
     masters,
     kill: (port) => children.get(port)?.kill('SIGKILL'),
+    freeze: (port) => children.get(port)?.kill('SIGSTOP'),
+    thaw: (port) => children.get(port)?.kill('SIGCONT'),
     waitHealthy,
     destroy,
   };
