@@ -29,13 +29,13 @@ export class Metrics {
 
   readonly hotTierErrors = new client.Counter({
     name: 'featurestore_hot_tier_errors_total',
-    help: 'Hot-tier (Redis) commands that failed or timed out, and values it held that could not be decoded; those lookups were answered from Postgres.',
+    help: 'Lookup requests that met a hot-tier (Redis) failure or timeout (one per request, however many lookups a coalesced read carried), values it held that could not be decoded, and failed fills; those lookups were answered from Postgres.',
     registers: [this.registry],
   });
 
   readonly postgresErrors = new client.Counter({
     name: 'featurestore_postgres_errors_total',
-    help: 'Postgres reads that failed or timed out while answering lookups.',
+    help: 'Lookup requests whose Postgres read failed or timed out.',
     registers: [this.registry],
   });
 
