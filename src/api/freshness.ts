@@ -77,9 +77,13 @@ function fnv1a(text: string): string {
   return (hash >>> 0).toString(16).padStart(8, '0');
 }
 
-/** Strong ETag from view, version, entity and the feature selection; no body hashing. */
+/**
+ * Strong ETag from view, version, when it was published, entity and the feature selection; no body hashing. The
+ * publish time tells apart two versions of one number (one lost in a restore to an earlier state, then reused), so
+ * a cache holding the lost one's tag gets the new body, not a 304.
+ */
 export function entityTag(version: ServedVersion, entityId: string, features: readonly string[] | null): string {
-  return `"${version.view}.${version.version}.${fnv1a(`${entityId}|${features?.join(',') ?? '*'}`)}"`;
+  return `"${version.view}.${version.version}.${fnv1a(`${version.publishedAt.getTime()}|${entityId}|${features?.join(',') ?? '*'}`)}"`;
 }
 
 /** If-None-Match uses the weak comparison (RFC 9110 §13.1.2). */

@@ -532,7 +532,7 @@ export interface components {
     };
     requestBodies: never;
     headers: {
-        /** @description Strong validator derived from view, version, entity and feature selection. */
+        /** @description Strong validator derived from view, version (and when it was published), entity and feature selection. */
         ETag: string;
         /** @description The as-of time of the served version (its newest event time), as an HTTP date. */
         "Last-Modified": string;

@@ -124,10 +124,13 @@ export class Catalog {
         // read that raced a newer one); the same version keeps its resolved
         // object and prepared statement name.
         if (view.current && version.generation <= view.current.generation) {
-          // Behind, or at the served generation with another version: one switch cannot name two versions, so the
-          // database went back and was switched again since (a restore, then a publish).
-          const diverged = version.generation < view.current.generation || version.version !== view.current.version;
-          const key = `${version.view}:${version.generation}:${version.version}`;
+          // Behind, or at the served generation with another version or another publish of it: one switch cannot
+          // name two, so the database went back and was switched again since (a restore, then publishes).
+          const diverged =
+            version.generation < view.current.generation ||
+            version.version !== view.current.version ||
+            (version.generation === view.current.generation && version.publishedAt.getTime() !== view.current.publishedAt.getTime());
+          const key = `${version.view}:${version.generation}:${version.version}:${version.publishedAt.getTime()}`;
           if (diverged && !this.reportedBehind.has(key)) {
             this.reportedBehind.add(key);
             this.onBehind?.(version.view, view.current.generation, version.generation, { served: view.current.version, found: version.version });

@@ -167,6 +167,7 @@ export class RedisClusterHotTier implements HotTier {
         try {
           // One key of this master: a plain GET costs both ends less than a script call.
           replies = own.length === 1 ? [await node.getBuffer(own[0]!)] : await readScript(node, own);
+          if (this.timedOutUntil.size) this.timedOutUntil.delete(node);
         } catch (error) {
           this.noteTimeout(node, error);
           if (!NOT_HERE.test((error as Error).message)) throw error;
@@ -360,7 +361,9 @@ export class RedisClusterHotTier implements HotTier {
     this.checkNotTimedOut(node);
     try {
       // Bounded by the connection's command timeout: no deadline of our own to arm per read.
-      return await node.getBuffer(key);
+      const value = await node.getBuffer(key);
+      if (this.timedOutUntil.size) this.timedOutUntil.delete(node);
+      return value;
     } catch (error) {
       this.noteTimeout(node, error);
       if (NOT_HERE.test((error as Error).message)) return this.within('read', this.client.getBuffer(key), this.timeoutMs - (performance.now() - started));
@@ -373,8 +376,9 @@ export class RedisClusterHotTier implements HotTier {
     const until = this.timedOutUntil.get(node);
     if (until === undefined) return;
     if (Date.now() >= until) {
-      // The next read tries it again (and, timing out again, marks it again).
-      this.timedOutUntil.delete(node);
+      // This read tries it again; the others keep failing at once until it answers (which clears the mark) or
+      // times out (which marks the master again).
+      this.timedOutUntil.set(node, Date.now() + this.timeoutMs + this.masterRetryAfterMs);
       return;
     }
     throw new RedisClusterTimeoutError(`Redis Cluster master ${nodeName(node)} did not answer a read within ${this.timeoutMs} ms; reads that need it fail at once for ${this.masterRetryAfterMs} ms`);

@@ -19,8 +19,10 @@ export class RedisHotTier implements HotTier {
   readonly client: Redis;
   /** Single-key lookups of the same few event-loop turns, read together. */
   private readonly single: ReadCoalescer;
+  private readonly connectTimeoutMs: number;
 
   constructor(options: RedisOptions) {
+    this.connectTimeoutMs = Math.max(options.commandTimeoutMs, 1000);
     this.client = new Redis(options.url, {
       commandTimeout: options.commandTimeoutMs,
       enableOfflineQueue: false,
@@ -66,6 +68,8 @@ export class RedisHotTier implements HotTier {
   }
 
   async claimVersion(view: string, version: number): Promise<boolean> {
+    // A sync's first command: with no offline queue, one sent while the connection is still being made fails.
+    await this.ready(this.connectTimeoutMs);
     return (await this.client.set(hotVersionMark(view, version), '1', 'NX')) === 'OK';
   }
 

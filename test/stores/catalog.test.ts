@@ -59,5 +59,16 @@ describe('catalog', () => {
       ['items', served.generation, 1, { served: served.version, found: served.version }],
       ['items', served.generation, served.generation, { served: served.version, found: served.version - 1 }],
     ]);
+
+    // Or switched again as often as it lost: the served generation and version number, but another publish.
+    await server.db.query(`ALTER TABLE ${META_SCHEMA}.views DISABLE TRIGGER views_next_generation`);
+    await server.db.query(`UPDATE ${META_SCHEMA}.views SET current_version = $1 WHERE view = 'items'`, [served.version]);
+    await server.db.query(`ALTER TABLE ${META_SCHEMA}.views ENABLE TRIGGER views_next_generation`);
+    await server.db.query(`UPDATE ${META_SCHEMA}.versions SET published_at = published_at + interval '1 second' WHERE view = 'items' AND version = $1`, [served.version]);
+    await catalog.refresh();
+    await catalog.refresh();
+    expect(catalog.get('items')!.current).toBe(served);
+    expect(reports).toHaveLength(3);
+    expect(reports[2]).toEqual(['items', served.generation, served.generation, { served: served.version, found: served.version }]);
   });
 });
