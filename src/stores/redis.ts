@@ -92,7 +92,8 @@ export class RedisHotTier implements HotTier {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.client.off('ready', onReady);
-        reject(new Error(`Redis did not become ready within ${timeoutMs} ms`));
+        // A timeout like a socket's, so a sync that meets Redis away retries it.
+        reject(Object.assign(new Error(`Redis did not become ready within ${timeoutMs} ms`), { code: 'ETIMEDOUT' }));
       }, timeoutMs);
       const onReady = () => {
         clearTimeout(timer);

@@ -345,8 +345,9 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
     });
 
     it('retries a transient failure with backoff and succeeds once the store is back', async () => {
+      // Away for longer than a run waits for the connection (1 s), so the first attempt fails.
       await redis.stop();
-      setTimeout(() => void redis.start(), 700);
+      setTimeout(() => void redis.start(), 2000);
       const source = await writeParquet(path.join(dir, 'c_retry.parquet'), rows(10));
       const job = parseJobDefinition(path.join(dir, 'c_retry.yaml'), JSON.stringify({ view: 'c_retry', source, ...base, schedule: '0 0 * * *', freshness: '1d' }));
       const summary = await runSync(job, { db: server.db, hot: server.hot, log: silentLogger, batchRows: 1000, retry: { attempts: 5, baseDelayMs: 300 } }, 'manual');
@@ -355,6 +356,7 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       expect(runs.length).toBeGreaterThan(1);
       expect(runs.at(-1)!.status).toBe('succeeded');
       expect(runs.slice(0, -1).every((r) => r.status === 'failed' && r.error)).toBe(true);
+      expect(runs[0]!.error).toMatch(/Redis/);
     });
 
     it('does not retry a permanent (data) failure', async () => {
