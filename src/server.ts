@@ -87,7 +87,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       found_generation: found,
       served_version: versions.served,
       found_version: versions.found,
-      message: 'Postgres shows an older switch of this view than this process serves (was the database restored?); it keeps serving what it served: restart the API processes to follow the database',
+      message: 'Postgres shows an older switch of this view than this process serves, or another version at its switch (was the database restored?); it keeps serving what it served: restart the API processes to follow the database',
     }),
   );
   await catalog.refresh();

@@ -210,7 +210,8 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
         `(DATABASE_URL is ${e.DATABASE_URL ? 'set' : 'unset'}, REDIS_URL is ${e.REDIS_URL ? 'set' : 'unset'}, REDIS_CLUSTER_NODES is ${e.REDIS_CLUSTER_NODES ? 'set' : 'unset'})`,
     );
   }
-  const clusterOnly = (['REDIS_CLUSTER_USERNAME', 'REDIS_CLUSTER_PASSWORD', 'REDIS_CLUSTER_TLS'] as const).filter((key) => (key === 'REDIS_CLUSTER_TLS' ? e.REDIS_CLUSTER_TLS : cleaned[key] !== undefined));
+  // REDIS_CLUSTER_TLS=false is the default, so only a true one counts as set.
+  const clusterOnly = (['REDIS_CLUSTER_USERNAME', 'REDIS_CLUSTER_PASSWORD', 'REDIS_CLUSTER_TLS'] as const).filter((key) => Boolean(e[key]));
   if (clusterOnly.length > 0 && !e.REDIS_CLUSTER_NODES) {
     throw new ConfigError(
       `${clusterOnly.join(', ')} ${clusterOnly.length > 1 ? 'are' : 'is'} set without REDIS_CLUSTER_NODES: ${clusterOnly.length > 1 ? 'they apply' : 'it applies'} only to a Redis Cluster; ` +

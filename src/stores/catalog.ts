@@ -127,9 +127,7 @@ export class Catalog {
           // Behind, or at the served generation with another version or another publish of it: one switch cannot
           // name two, so the database went back and was switched again since (a restore, then publishes).
           const diverged =
-            version.generation < view.current.generation ||
-            version.version !== view.current.version ||
-            (version.generation === view.current.generation && version.publishedAt.getTime() !== view.current.publishedAt.getTime());
+            version.generation < view.current.generation || version.version !== view.current.version || version.publishedAt.getTime() !== view.current.publishedAt.getTime();
           const key = `${version.view}:${version.generation}:${version.version}:${version.publishedAt.getTime()}`;
           if (diverged && !this.reportedBehind.has(key)) {
             this.reportedBehind.add(key);

@@ -27,7 +27,7 @@ export class RedisHotTier implements HotTier {
       commandTimeout: options.commandTimeoutMs,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
-      connectTimeout: Math.max(options.commandTimeoutMs, 1000),
+      connectTimeout: this.connectTimeoutMs,
       // Keep trying to reconnect in the background, at most every 2 s.
       retryStrategy: (attempt) => Math.min(100 * attempt, 2000),
       lazyConnect: false,
