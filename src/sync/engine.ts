@@ -202,7 +202,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     const since = incremental ? (options.backfillFrom ?? windowStart(previous.asOf, job.lookbackSeconds)) : null;
     if (since) details.window_start = since;
     await conn.run(`CREATE VIEW projected AS ${projectionSql(job)}`);
-    await conn.run(`CREATE VIEW checked AS ${checkedSql(job, since)}`);
+    await conn.run(`CREATE VIEW checked AS ${checkedSql(job, since, new Date().toISOString())}`);
     await conn.run(ROW_CHECKS_SQL);
     const stats = toRunStats(await queryOne(conn, STATS_SQL));
     rowsRead = stats.rowsRead;

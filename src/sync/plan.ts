@@ -174,15 +174,35 @@ function timeExpression(column: string, unit: EpochUnit | undefined): string {
   return `CAST(make_timestamp(TRY_CAST(round(CAST(t.${column} AS DOUBLE) * ${MICROS_PER_UNIT[unit]}) AS BIGINT)) AS TIMESTAMPTZ)`;
 }
 
-/** `projected`: the source cast to the contract, with the two fixed columns first. */
+/** A feature's value cast to its contract type; NULL (never an error) where the source value does not fit it. */
+function featureExpression(f: FeatureDefinition): string {
+  const col = quoteIdent(f.name);
+  if (f.type === 'timestamp') return timeExpression(col, f.unit);
+  // An integer beyond BIGINT (UBIGINT, HUGEINT) must become a reject, not fail the whole run.
+  return f.type === 'integer' ? `TRY_CAST(t.${col} AS BIGINT)` : `CAST(t.${col} AS ${DUCK_TYPE[f.type]})`;
+}
+
+/**
+ * `projected`: the source cast to the contract, with the two fixed columns
+ * first, then `__deleted` and `__unfit`: the reject ("column|reason") of the
+ * first feature whose source value is there but could not be cast (an epoch
+ * number no timestamp holds, which a unit switch to microseconds gives, or an
+ * integer beyond 64 bits), so that such a value is a reject, not a silent null.
+ */
 export function projectionSql(job: JobDefinition): string {
+  const unfit = job.features
+    .filter((f) => f.unit || f.type === 'integer')
+    .map((f) => {
+      const col = quoteIdent(f.name);
+      const reason = f.unit ? `is not an epoch time in ${UNIT_NAMES[f.unit]}` : `is beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly`;
+      return `WHEN t.${col} IS NOT NULL AND ${featureExpression(f)} IS NULL THEN '${f.name}|${reason} (got ' || left(CAST(t.${col} AS VARCHAR), 80) || ')'`;
+    });
   const columns = [
     `CAST(t.${quoteIdent(job.entityKey)} AS VARCHAR) AS entity_id`,
     `${timeExpression(quoteIdent(job.eventTime), job.eventTimeUnit)} AS event_time`,
-    ...job.features.map((f) =>
-      f.type === 'timestamp' ? `${timeExpression(quoteIdent(f.name), f.unit)} AS ${quoteIdent(f.name)}` : `CAST(t.${quoteIdent(f.name)} AS ${DUCK_TYPE[f.type]}) AS ${quoteIdent(f.name)}`,
-    ),
+    ...job.features.map((f) => `${featureExpression(f)} AS ${quoteIdent(f.name)}`),
     `${job.deleteColumn ? `coalesce(CAST(t.${quoteIdent(job.deleteColumn)} AS BOOLEAN), false)` : 'false'} AS __deleted`,
+    `${unfit.length ? `CASE ${unfit.join(' ')} END` : 'CAST(NULL AS VARCHAR)'} AS __unfit`,
   ];
   return `SELECT ${columns.join(', ')} FROM transformed t`;
 }
@@ -222,25 +242,34 @@ export function judgeEpochUnits(job: JobDefinition, medians: Record<string, unkn
 const literal = (value: string | number | boolean) => (typeof value === 'string' ? sqlString(value) : String(value));
 const shown = (col: string) => `left(CAST(${col} AS VARCHAR), 80)`;
 
-/** Each row's first broken rule as "column|reason", or NULL for a good row. */
-function rejectCase(job: JobDefinition): string {
+/**
+ * Each row's first broken rule as "column|reason", or NULL for a good row.
+ * `now` is the run's one instant (ISO 8601): the checks and the loads each
+ * evaluate these rules, and with DuckDB's now() (one per statement) a row near
+ * the one-day bound could be counted a reject by the checks and loaded after.
+ */
+function rejectCase(job: JobDefinition, now: string): string {
   const pattern = sqlString(ENTITY_ID_PATTERN);
   const when: string[] = [
     `WHEN entity_id IS NULL THEN '${job.entityKey}|the entity key is null'`,
     `WHEN NOT regexp_full_match(entity_id, ${pattern}) THEN '${job.entityKey}|not a valid entity id (got "' || left(entity_id, 80) || '"); ids must match ${ENTITY_ID_PATTERN}'`,
     `WHEN event_time IS NULL THEN '${job.eventTime}|the event time is null${job.eventTimeUnit ? ` or not an epoch time in ${UNIT_NAMES[job.eventTimeUnit]}` : ''}'`,
-    `WHEN event_time > now() + INTERVAL 1 DAY THEN '${job.eventTime}|the event time ' || strftime(event_time, ${ISO_UTC_DUCK}) || ' is more than a day in the future'`,
+    // Postgres and the hot tier would disagree on an infinite time (and JSON has none).
+    `WHEN NOT isfinite(event_time) THEN '${job.eventTime}|the event time is infinite (got ' || ${shown('event_time')} || ')'`,
+    `WHEN event_time > ${sqlString(now)}::TIMESTAMPTZ + INTERVAL 1 DAY THEN '${job.eventTime}|the event time ' || strftime(event_time, ${ISO_UTC_DUCK}) || ' is more than a day in the future'`,
   ];
   if (job.eventTimeUnit) {
     when.push(`WHEN ${outsideEpochWindow('event_time')} THEN '${job.eventTime}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown('event_time')} || ')'`);
   }
   // A deletion carries no features, so feature rules do not apply to it.
   const live = 'NOT __deleted AND ';
+  when.push(`WHEN ${live}__unfit IS NOT NULL THEN __unfit`);
   for (const f of job.features) {
     const col = quoteIdent(f.name);
     const name = f.name;
     if (!f.nullable) when.push(`WHEN ${live}${col} IS NULL THEN '${name}|is null, and the contract says nullable: false'`);
     if (f.type === 'double') when.push(`WHEN ${live}NOT isfinite(${col}) THEN '${name}|is NaN or infinite, which JSON cannot carry'`);
+    if (f.type === 'timestamp') when.push(`WHEN ${live}NOT isfinite(${col}) THEN '${name}|is an infinite time, which JSON cannot carry (got ' || ${shown(col)} || ')'`);
     if (f.type === 'integer') when.push(`WHEN ${live}abs(${col}) > ${MAX_SAFE_INTEGER} THEN '${name}|is beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly (got ' || ${shown(col)} || ')'`);
     if (f.type === 'string') when.push(`WHEN ${live}contains(${col}, chr(0)) THEN '${name}|contains a NUL character, which Postgres text cannot store'`);
     if (f.unit) when.push(`WHEN ${live}${outsideEpochWindow(col)} THEN '${name}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown(col)} || ')'`);
@@ -258,10 +287,10 @@ function rejectCase(job: JobDefinition): string {
  * the sane window: one in the wrong unit lands in 1970), so that those are
  * rejected rather than skipped: a unit switch in new rows cannot vanish.
  */
-export function checkedSql(job: JobDefinition, since: string | null): string {
+export function checkedSql(job: JobDefinition, since: string | null, now: string): string {
   const insane = job.eventTimeUnit ? ` OR ${outsideEpochWindow('event_time')}` : '';
   const window = since ? ` WHERE event_time IS NULL OR event_time >= ${sqlString(since)}::TIMESTAMPTZ${insane}` : '';
-  return `SELECT *, ${rejectCase(job)} AS reject FROM projected${window}`;
+  return `SELECT *, ${rejectCase(job, now)} AS reject FROM projected${window}`;
 }
 
 /**
