@@ -157,19 +157,25 @@ export function createApp(deps: AppDeps): Hono {
     app.use('/sync/v1/*', authenticate);
   }
 
-  // Load shedding: past the limit, refuse at once so admitted requests keep their latency.
+  // Load shedding: past the limit, refuse at once so admitted requests keep their latency. A request with a body
+  // (a batch) is admitted only once its body has arrived (the route calls `admit`): a client that sends its
+  // headers and then stalls the body holds a connection, never a slot that lookups need.
   let inFlight = 0;
   const maxInFlight = deps.maxInFlight ?? 512;
-  const shed = async (c: Context, next: Next) => {
+  const admitted = async <T>(work: () => Promise<T>): Promise<T> => {
     if (inFlight >= maxInFlight) {
       throw new ApiError('overloaded', `the server is at its limit of ${maxInFlight} requests in progress; retry shortly`, {}, { 'Retry-After': '1' });
     }
     inFlight++;
     try {
-      await next();
+      return await work();
     } finally {
       inFlight--;
     }
+  };
+  const shed = async (c: Context, next: Next) => {
+    if (c.req.raw.body) c.set('admit', admitted);
+    else await admitted(next);
   };
   app.use('/features/v1/*', shed);
   app.use('/sync/v1/*', shed);
@@ -220,5 +226,7 @@ declare module 'hono' {
     responseHeaders: Record<string, string>;
     /** The response was made with responseHeaders already (respond.ts); nothing to merge. */
     headersApplied: boolean;
+    /** Set for a request with a body: runs the work within the in-flight limit (load shedding), once the body is read. */
+    admit: (<T>(work: () => Promise<T>) => Promise<T>) | undefined;
   }
 }

@@ -294,7 +294,8 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
       const view = requireView(catalog, viewName, grant);
       selectFeatures(requireVersion(view), body.features);
       const unique = [...new Set(ids)];
-      const { version, result } = await read(view, unique);
+      const admit = c.get('admit') ?? ((work) => work());
+      const { version, result } = await admit(() => read(view, unique));
       const selection = selectFeatures(version, body.features);
       const byId = new Map(unique.map((id, i) => [id, result.rows[i] ?? null]));
       const now = Date.now();

@@ -151,6 +151,27 @@ describe('faults and overload', () => {
     await expect.poll(async () => (await lookup(3)).status, { timeout: 10_000 }).toBe(200);
   });
 
+  it('overload: batches whose bodies stall hold no in-flight slot, so lookups still get through', async () => {
+    const { connect } = await import('node:net');
+    const { port } = new URL(baseUrl);
+    // Twice the 16 slots: each sends its headers and part of its body, then nothing.
+    const stalled = await Promise.all(
+      Array.from({ length: 32 }, () => new Promise<import('node:net').Socket>((resolve, reject) => {
+        const socket = connect(Number(port), '127.0.0.1', () => {
+          socket.write(`POST /features/v1/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"view":`);
+          resolve(socket);
+        });
+        socket.on('error', reject);
+      })),
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      for (let i = 0; i < 5; i++) expect((await lookup(1)).status).toBe(200);
+    } finally {
+      for (const socket of stalled) socket.destroy();
+    }
+  });
+
   it('overload: requests past the in-flight limit get an immediate 503, admitted ones stay within the budget', async () => {
     // Postgres frozen makes every miss hold its slot for the whole budget: a flood fills the 16 slots.
     await fetch(`${baseUrl}/features/v1/k1?view=faults`);
