@@ -7,6 +7,7 @@
 // process publishes or rolls back (see server.ts). It only ever moves a view
 // forward in generation, so a process never serves a version older than one
 // it has already served, whatever order reads and notifications arrive in.
+import { createHash } from 'node:crypto';
 import { Cron } from 'croner';
 import type { FeatureType, JobDefinition } from '../jobs/definition.js';
 import type { Queryable } from './database.js';
@@ -30,14 +31,14 @@ export interface ServedView {
 
 export function toServedVersion(published: PublishedVersion): ServedVersion {
   const columns = published.features.map((f) => (f.type === 'timestamp' ? isoTimeSql(quoteIdent(f.name)) : quoteIdent(f.name)));
+  const text = `SELECT entity_id, ${isoTimeSql('event_time')}, ${columns.join(', ')} FROM ${versionTable(published.view, published.version)} WHERE entity_id = ANY($1::text[])`;
   return {
     ...published,
     featureIndex: new Map(published.features.map((f, i) => [f.name, i])),
     featureTypes: new Map(published.features.map((f) => [f.name, f.type])),
-    select: {
-      name: `fs_read_${published.view}_${published.version}`,
-      text: `SELECT entity_id, ${isoTimeSql('event_time')}, ${columns.join(', ')} FROM ${versionTable(published.view, published.version)} WHERE entity_id = ANY($1::text[])`,
-    },
+    // A version number published again after a restore may have other features: the statement's name carries its
+    // text's hash, since a connection refuses one name for two texts.
+    select: { name: `fs_read_${published.view}_${published.version}_${createHash('sha1').update(text).digest('hex').slice(0, 8)}`, text },
   };
 }
 
@@ -135,7 +136,10 @@ export class Catalog {
           }
           continue;
         }
-        const current = view.current?.version === version.version ? { ...view.current, generation: version.generation } : toServedVersion(version);
+        // The same publish (a rollback back to it, say) keeps its object; a version number published again (after a
+        // restore) is another version: its own as-of, publish time and ETags.
+        const same = view.current?.version === version.version && view.current.publishedAt.getTime() === version.publishedAt.getTime();
+        const current = same ? { ...view.current!, generation: version.generation } : toServedVersion(version);
         this.views.set(version.view, { job: view.job, current });
       }
       this.lastError = undefined;

@@ -70,5 +70,20 @@ describe('catalog', () => {
     expect(catalog.get('items')!.current).toBe(served);
     expect(reports).toHaveLength(3);
     expect(reports[2]).toEqual(['items', served.generation, served.generation, { served: served.version, found: served.version }]);
+
+    // A later switch to that other publish of the same version number serves it, not the object of the old publish:
+    // its own as-of and publish time (and so its own ETags).
+    await server.db.query(`UPDATE ${META_SCHEMA}.versions SET as_of = as_of + interval '30 days' WHERE view = 'items' AND version = $1`, [served.version]);
+    await server.db.query(`UPDATE ${META_SCHEMA}.views SET switched_at = now() WHERE view = 'items'`);
+    await catalog.refresh();
+    const republished = catalog.get('items')!.current!;
+    expect(republished.generation).toBe(served.generation + 1);
+    expect(republished.version).toBe(served.version);
+    expect(republished.publishedAt.getTime()).toBe(served.publishedAt.getTime() + 1000);
+    expect(Date.parse(republished.asOf!)).toBe(Date.parse(served.asOf!) + 30 * 86_400_000);
+    // A switch back to the same publish (a rollback there, say) keeps its resolved object.
+    await server.db.query(`UPDATE ${META_SCHEMA}.views SET switched_at = now() WHERE view = 'items'`);
+    await catalog.refresh();
+    expect(catalog.get('items')!.current).toMatchObject({ generation: served.generation + 2, select: republished.select, asOf: republished.asOf });
   });
 });
