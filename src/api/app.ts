@@ -174,8 +174,9 @@ export function createApp(deps: AppDeps): Hono {
     }
   };
   const shed = async (c: Context, next: Next) => {
-    if (c.req.raw.body) c.set('admit', admitted);
-    else await admitted(next);
+    if (!c.req.raw.body) return admitted(next);
+    c.set('admit', admitted);
+    await next();
   };
   app.use('/features/v1/*', shed);
   app.use('/sync/v1/*', shed);
