@@ -228,10 +228,14 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     await db.query(createTableSql(table, job.features));
     let rowCount: number;
     if (incremental) {
-      const merged = await mergeDelta(conn, job, previous, version, table, ctx, stats);
+      // A changed contract (a feature added) is published even if no row changed, so callers see the features the
+      // definition declares; entities this run did not read hold null for a new feature until a backfill reads them.
+      const contractChanged = !sameFeatures(previous.features, job.features);
+      if (contractChanged) details.features_changed = true;
+      const merged = await mergeDelta(conn, job, previous, version, table, ctx, stats, contractChanged);
       Object.assign(details, merged.counts);
       phase('merge');
-      if (merged.changes === 0) {
+      if (merged.changes === 0 && !contractChanged) {
         // Nothing changed (a replay, or no new rows): keep serving the current version.
         await discardVersion(job.view, version, db, hot);
         details.unchanged = true;
@@ -364,6 +368,11 @@ async function describeSource(conn: DuckDBConnection, job: JobDefinition): Promi
 }
 
 /** The version readers are on now, with what the run compares against. */
+/** The same features, names and types, in the same order. */
+function sameFeatures(published: readonly { name: string; type: FeatureType }[], now: readonly { name: string; type: FeatureType }[]): boolean {
+  return published.length === now.length && published.every((f, i) => f.name === now[i]!.name && f.type === now[i]!.type);
+}
+
 interface CurrentVersion {
   readonly version: number;
   readonly rows: number;
@@ -400,6 +409,7 @@ async function mergeDelta(
   table: string,
   ctx: SyncContext,
   stats: RunStats,
+  contractChanged: boolean,
 ): Promise<{ changes: number; rows: number; asOf: string | null; counts: Record<string, number> }> {
   const { db, hot } = ctx;
   const kept = previous.features.map((f) => quoteIdent(f.name)).join(', ');
@@ -430,7 +440,7 @@ async function mergeDelta(
     if (rows !== previous.rows + inserted - deleted) throw new Error(`row counts disagree after the merge: ${previous.rows} + ${inserted} inserted - ${deleted} deleted != ${rows}; nothing was published`);
     const changes = inserted + updated + deleted;
     const counts = { inserted, updated, deleted, unchanged: stats.entities - changes };
-    if (changes === 0) return { changes, rows, asOf: after!.as_of, counts };
+    if (changes === 0 && !contractChanged) return { changes, rows, asOf: after!.as_of, counts };
     let hotRows = 0;
     await forEachBatch(db, hotValuesFromPostgresSql(table, job.features), ctx.batchRows, async (batch) => {
       await hot.set(batch.map((row) => [hotKey(job.view, version, row[0] as string), asBuffer(row[1] as Uint8Array)] as const));

@@ -376,14 +376,16 @@ export function judgeSnapshot(job: JobDefinition, stats: RunStats, previous: { v
 /**
  * The accepted rows, one per entity. With duplicates, one row per entity wins:
  * the latest event time, and on a tie a deletion, then the row with the
- * greatest values in feature order, so the winner never depends on file order
- * (and the Postgres and hot-tier loads, which each run this, pick the same rows).
+ * greatest values in feature order (a value beats a null), so the winner never
+ * depends on file order (and the Postgres and hot-tier loads, which each run
+ * this, pick the same rows). An incremental merge breaks ties the same way
+ * (mergeSql), so the outcome does not depend on which run a row came in.
  */
 function winnersSql(job: JobDefinition, hasDuplicates: boolean, columns: string): string {
   const rows = `SELECT ${columns} FROM checked WHERE reject IS NULL`;
   if (!hasDuplicates) return rows;
   // A deletion wins a tie with an update of the same instant.
-  const values = job.features.map((f) => `${quoteIdent(f.name)} DESC NULLS FIRST`);
+  const values = job.features.map((f) => `${quoteIdent(f.name)} DESC NULLS LAST`);
   return `${rows} QUALIFY row_number() OVER (PARTITION BY entity_id ORDER BY ${['event_time DESC', '__deleted DESC', ...values].join(', ')}) = 1`;
 }
 
@@ -427,9 +429,24 @@ export function createDeltaTableSql(table: string, features: readonly FeatureDef
 }
 
 /**
- * Applies a delta to a version table: newer event times win, an equal or older
- * one changes nothing (so a replay is a no-op), and a deletion removes the
- * entity only if it is at least as new as the stored row.
+ * SQL: the incoming row (EXCLUDED) beats the stored one (cur) of the same
+ * event time, as winnersSql orders duplicates: greater values in feature
+ * order, a value beating a null; text compared byte by byte (COLLATE "C"), as
+ * DuckDB does. Equal rows do not beat each other, so a replay changes nothing.
+ */
+function beatsOnTie(features: readonly FeatureDefinition[]): string {
+  return features.reduceRight((rest, f) => {
+    const collate = f.type === 'string' ? ' COLLATE "C"' : '';
+    const [ex, cur] = [`EXCLUDED.${quoteIdent(f.name)}`, `cur.${quoteIdent(f.name)}`];
+    return `(${ex} IS NOT NULL AND (${cur} IS NULL OR ${ex}${collate} > ${cur}${collate}) OR ${ex} IS NOT DISTINCT FROM ${cur} AND ${rest})`;
+  }, 'false');
+}
+
+/**
+ * Applies a delta to a version table: a newer event time wins, an equal one
+ * only if it beats the stored row as duplicates are resolved (beatsOnTie), an
+ * older one changes nothing (so a replay is a no-op), and a deletion removes
+ * the entity only if it is at least as new as the stored row.
  */
 export function mergeSql(table: string, delta: string, features: readonly FeatureDefinition[]): { upsert: string; remove: string } {
   const columns = ['entity_id', 'event_time', ...features.map((f) => f.name)].map(quoteIdent);
@@ -437,7 +454,8 @@ export function mergeSql(table: string, delta: string, features: readonly Featur
   return {
     upsert: `WITH up AS (
         INSERT INTO ${table} AS cur (${columns.join(', ')}) SELECT ${columns.join(', ')} FROM ${delta} WHERE NOT deleted
-        ON CONFLICT (entity_id) DO UPDATE SET ${updates.join(', ')} WHERE cur.event_time < EXCLUDED.event_time
+        ON CONFLICT (entity_id) DO UPDATE SET ${updates.join(', ')}
+          WHERE cur.event_time < EXCLUDED.event_time OR cur.event_time = EXCLUDED.event_time AND ${beatsOnTie(features)}
         RETURNING (xmax = 0) AS inserted)
       SELECT count(*) FILTER (WHERE inserted) AS inserted, count(*) FILTER (WHERE NOT inserted) AS updated FROM up`,
     remove: `WITH gone AS (

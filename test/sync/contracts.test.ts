@@ -312,7 +312,32 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       expect(strict.summary.status).toBe('failed');
       expect(strict.summary.error).toMatch(/feature "extra" is new and declared nullable: false, but an incremental run keeps the entities it does not read with no value for it \(declare it nullable: true\)/);
       expect(await served('c_inc_added', ['a'])).toEqual({ version: 1, rows: [{ score: 1 }] });
-      expect((await sync(added({ score: { type: 'double' }, extra: { type: 'double' } }), rows)).summary.status).toBe('succeeded');
+      // Declared nullable, it is published: the row read again (same event time) carries it, and a value beats the
+      // null the stored row holds; an entity not read again holds null until a backfill reads it.
+      const grown = await sync(added({ score: { type: 'double' }, extra: { type: 'double' } }), rows);
+      expect(grown.summary).toMatchObject({ status: 'succeeded', version: 2, details: { features_changed: true, updated: 1 } });
+      expect(await served('c_inc_added', ['a'])).toEqual({ version: 2, rows: [{ score: 1, extra: 10 }] });
+      // A feature added while no row is read again is published too, null for every entity, so callers see it.
+      const more = await sync(added({ score: { type: 'double' }, extra: { type: 'double' }, more: { type: 'string' } }), `SELECT *, NULL::VARCHAR AS more FROM (${rows}) WHERE false`);
+      expect(more.summary).toMatchObject({ status: 'succeeded', version: 3, rowsWritten: 0, details: { features_changed: true, unchanged: 0 } });
+      expect(await served('c_inc_added', ['a'])).toEqual({ version: 3, rows: [{ score: 1, extra: 10, more: null }] });
+    });
+
+    it('resolves rows of the same event time as a snapshot does, whichever run they arrive in', async () => {
+      const view = { view: 'c_inc_tie', entity_key: 'id', event_time: 't', mode: 'incremental', features: { score: { type: 'double' }, tag: { type: 'string' } } } as never;
+      const rows = (...values: string[]) => `SELECT * FROM (VALUES ${values.join(', ')}) v(id, t, score, tag)`;
+      const [a1, a2, b1, b2] = [`('a', TIMESTAMP '2026-02-01 10:00', 1.0, 'x')`, `('a', TIMESTAMP '2026-02-01 10:00', 2.0, 'x')`, `('b', TIMESTAMP '2026-02-01 10:00', 5.0, 'Z')`, `('b', TIMESTAMP '2026-02-01 10:00', 5.0, 'a')`];
+      expect((await sync(view, rows(a1, b1))).summary).toMatchObject({ status: 'succeeded', version: 1 });
+      // The correction of a (greater score) wins; for b, 'a' sorts after 'Z' byte by byte, whatever the database's collation.
+      const corrected = await sync(view, rows(a1, b1, a2, b2));
+      expect(corrected.summary).toMatchObject({ status: 'succeeded', version: 2, details: { updated: 2 } });
+      expect(await served('c_inc_tie', ['a', 'b'])).toEqual({ version: 2, rows: [{ score: 2, tag: 'x' }, { score: 5, tag: 'a' }] });
+      // What a snapshot of the same rows publishes.
+      const snapshot = await sync({ ...(view as object), view: 'c_inc_tie_snap', mode: 'snapshot' } as never, rows(a1, b1, a2, b2));
+      expect(snapshot.summary.status).toBe('succeeded');
+      expect((await served('c_inc_tie_snap', ['a', 'b'])).rows).toEqual([{ score: 2, tag: 'x' }, { score: 5, tag: 'a' }]);
+      // The losers again change nothing.
+      expect((await sync(view, rows(a1, b1))).summary).toMatchObject({ status: 'succeeded', version: 2, details: { unchanged: true } });
     });
 
     it('backfills from a given instant idempotently', async () => {
