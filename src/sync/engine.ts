@@ -36,7 +36,8 @@ import {
   projectionSql,
   REJECT_SAMPLE_SQL,
   REJECT_SUMMARY_SQL,
-  ROW_CHECKS_SQL,
+  rowChecksSql,
+  LIVE_ENTITIES_SQL,
   DROP_ROW_CHECKS_SQL,
   sqlString,
   STATS_SQL,
@@ -203,14 +204,15 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     if (since) details.window_start = since;
     await conn.run(`CREATE VIEW projected AS ${projectionSql(job)}`);
     await conn.run(`CREATE VIEW checked AS ${checkedSql(job, since, new Date().toISOString())}`);
-    await conn.run(ROW_CHECKS_SQL);
+    await conn.run(rowChecksSql(job));
     const stats = toRunStats(await queryOne(conn, STATS_SQL));
     rowsRead = stats.rowsRead;
     Object.assign(details, { rows_rejected: stats.rejected, duplicates_dropped: stats.duplicates });
     if (stats.rejected) await recordRejects(conn, db, job, runId, stats);
+    const entities = !incremental && job.deleteColumn ? Number((await queryOne(conn, LIVE_ENTITIES_SQL)).live) : stats.entities;
     // Its memory (or temp files) go back before the load.
     await conn.run(DROP_ROW_CHECKS_SQL);
-    if (!incremental) judgeSnapshot(job, stats, previous, options.force === true);
+    if (!incremental) judgeSnapshot(job, entities, previous, options.force === true);
     if (options.force) details.forced = true;
     phase('read_and_check');
 

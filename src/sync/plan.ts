@@ -302,7 +302,7 @@ export function checkedSql(job: JobDefinition, since: string | null, now: string
  * counting 10M entities among 20M rows ran out of a 128 MB limit (measured);
  * over this table it fits in 64 MB.
  */
-export const ROW_CHECKS_SQL = `CREATE TEMP TABLE row_checks AS SELECT entity_id, event_time, reject FROM checked`;
+export const rowChecksSql = (job: JobDefinition) => `CREATE TEMP TABLE row_checks AS SELECT entity_id, event_time, reject${job.deleteColumn ? ', __deleted' : ''} FROM checked`;
 export const DROP_ROW_CHECKS_SQL = `DROP TABLE IF EXISTS row_checks`;
 
 /**
@@ -318,6 +318,17 @@ export const STATS_SQL = `SELECT
     count(DISTINCT entity_id) FILTER (WHERE reject IS NULL) AS entities,
     strftime(least(max(event_time) FILTER (WHERE reject IS NULL), now()), ${ISO_UTC_DUCK}) AS watermark
   FROM row_checks`;
+
+/**
+ * Entities a snapshot with deletions will hold: those whose winning row is
+ * not a deletion (a deletion wins a tie, so an entity is gone when its latest
+ * deletion is at least as new as its latest update). Needs `__deleted` in
+ * row_checks (rowChecksSql with a delete column).
+ */
+export const LIVE_ENTITIES_SQL = `SELECT count(*) AS live FROM (
+    SELECT max(event_time) FILTER (WHERE NOT __deleted) AS updated, max(event_time) FILTER (WHERE __deleted) AS deleted
+      FROM row_checks WHERE reject IS NULL GROUP BY entity_id)
+  WHERE updated IS NOT NULL AND (deleted IS NULL OR updated > deleted)`;
 
 /** The commonest reasons, each with one example value: rows with different values but the same broken rule count together. */
 export const REJECT_SUMMARY_SQL = `SELECT regexp_replace(reject, ' \\(got .*?\\)', '') AS reject, count(*) AS n, nullif(max(regexp_extract(reject, '\\(got .*?\\)')), '') AS example
@@ -360,15 +371,19 @@ export function judgeRejects(job: JobDefinition, stats: RunStats, summary: { rej
   );
 }
 
-/** Fails an empty snapshot, or one that shrank past the view's limit, unless forced. */
-export function judgeSnapshot(job: JobDefinition, stats: RunStats, previous: { version: number; rows: number } | undefined, force: boolean): void {
+/**
+ * Fails an empty snapshot, or one that shrank past the view's limit, unless
+ * forced. `entities` is what the snapshot will hold: deleted entities do not count.
+ */
+export function judgeSnapshot(job: JobDefinition, entities: number, previous: { version: number; rows: number } | undefined, force: boolean): void {
   if (force) return;
-  if (stats.entities === 0) throw new SyncDataError(`the snapshot of view "${job.view}" has no rows to publish; fix the source, or force the run to publish an empty view`);
+  const deletions = job.deleteColumn ? ' (entities whose latest row is a deletion do not count)' : '';
+  if (entities === 0) throw new SyncDataError(`the snapshot of view "${job.view}" has no rows to publish${deletions}; fix the source, or force the run to publish an empty view`);
   if (!previous || previous.rows === 0) return;
-  const drop = (previous.rows - stats.entities) / previous.rows;
+  const drop = (previous.rows - entities) / previous.rows;
   if (drop > job.maxRowDrop) {
     throw new SyncDataError(
-      `the snapshot of view "${job.view}" has ${stats.entities} entities, ${(drop * 100).toFixed(1)}% fewer than the ${previous.rows} of version ${previous.version}; the limit (max_row_drop) is ${(job.maxRowDrop * 100).toFixed(1)}%. Force the run if the shrink is intended`,
+      `the snapshot of view "${job.view}" has ${entities} entities${deletions}, ${(drop * 100).toFixed(1)}% fewer than the ${previous.rows} of version ${previous.version}; the limit (max_row_drop) is ${(job.maxRowDrop * 100).toFixed(1)}%. Force the run if the shrink is intended`,
     );
   }
 }
