@@ -49,17 +49,29 @@ function decide(allowed: boolean, tokens: number, limit: RateLimit): RateDecisio
 
 export class RateLimiter {
   private readonly local = new Map<string, { tokens: number; at: number }>();
+  /** After a failed Redis call, this process's buckets are used until then; one request then tries Redis again. */
+  private skipRedisUntil = 0;
 
   // On a Redis Cluster the script touches one key, so it runs on that key's master.
-  constructor(private readonly redis: Redis | Cluster | undefined) {}
+  constructor(
+    private readonly redis: Redis | Cluster | undefined,
+    /** How long a Redis failure (a timeout, a lost connection) sends every request to the local buckets (REDIS_RETRY_AFTER_MS). */
+    private readonly retryAfterMs = 1000,
+  ) {}
 
   async take(keyId: string, limit: RateLimit): Promise<RateDecision> {
-    if (this.redis && this.redis.status === 'ready') {
+    // A frozen Redis keeps its connection 'ready': without the skip, every keyed request would wait out the timeout.
+    if (this.redis && this.redis.status === 'ready' && Date.now() >= this.skipRedisUntil) {
+      const trial = this.skipRedisUntil > 0;
+      // While one request tries Redis again, the others keep to the local buckets.
+      if (trial) this.skipRedisUntil = Date.now() + this.retryAfterMs;
       try {
         const [allowed, tokens] = (await this.redis.eval(TAKE, 1, `fs:ratelimit:${keyId}`, limit.perSecond, limit.burst)) as [number, string];
+        if (trial) this.skipRedisUntil = 0;
         return decide(allowed === 1, Number(tokens), limit);
       } catch {
         // Fall through to this process's own bucket.
+        this.skipRedisUntil = Date.now() + this.retryAfterMs;
       }
     }
     return this.takeLocal(keyId, limit);
