@@ -77,7 +77,12 @@ export const VERSIONS_CHANNEL = 'featurestore_versions';
 // a replica that shows generation G for a view has replayed that switch's
 // commit and so everything written before it, the version's table included.
 // Kept in triggers so no writer can switch readers without both.
-const GENERATION_COLUMN_SQL = `ALTER TABLE ${META_SCHEMA}.views ADD COLUMN IF NOT EXISTS generation bigint NOT NULL DEFAULT 1`;
+/** Columns added since the tables were first made: [table, column, type]. */
+const ADDED_COLUMNS: readonly (readonly [string, string, string])[] = [
+  ['views', 'generation', 'bigint NOT NULL DEFAULT 1'],
+  // The entity key column a version was loaded by (null for versions from before it was recorded).
+  ['versions', 'entity_key', 'text'],
+];
 const SWITCH_SQL = [
   `CREATE OR REPLACE FUNCTION ${META_SCHEMA}.views_next_generation() RETURNS trigger LANGUAGE plpgsql AS $$
    BEGIN
@@ -101,10 +106,10 @@ export async function ensureSchema(db: Database): Promise<void> {
       await tx.query(statement);
     }
     // ALTER TABLE locks the table exclusively (on replicas too) even when the column exists: only when it is missing.
-    const [column] = await tx.query(
-      `SELECT 1 FROM information_schema.columns WHERE table_schema = '${META_SCHEMA}' AND table_name = 'views' AND column_name = 'generation'`,
-    );
-    if (!column) await tx.query(GENERATION_COLUMN_SQL);
+    for (const [table, name, type] of ADDED_COLUMNS) {
+      const [column] = await tx.query(`SELECT 1 FROM information_schema.columns WHERE table_schema = '${META_SCHEMA}' AND table_name = $1 AND column_name = $2`, [table, name]);
+      if (!column) await tx.query(`ALTER TABLE ${META_SCHEMA}.${table} ADD COLUMN IF NOT EXISTS ${name} ${type}`);
+    }
     for (const statement of SWITCH_SQL) await tx.query(statement);
   });
 }

@@ -193,7 +193,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     const { ignoredColumns } = checkContract(job, columns);
     if (ignoredColumns.length) details.ignored_columns = ignoredColumns;
     const previous = await currentVersion(db, job.view);
-    if (previous) checkCompatibility(job, previous.features, job.mode === 'incremental');
+    if (previous) checkCompatibility(job, previous, job.mode === 'incremental');
     const mediansSql = epochMediansSql(job);
     if (mediansSql) judgeEpochUnits(job, await queryOne(conn, mediansSql));
     // Incremental runs on top of a published version read only rows past its
@@ -380,16 +380,18 @@ interface CurrentVersion {
   readonly rows: number;
   readonly asOf: string | null;
   readonly features: { name: string; type: FeatureType }[];
+  /** Null for a version loaded before the key column was recorded. */
+  readonly entityKey: string | null;
 }
 
 async function currentVersion(db: Database, view: string): Promise<CurrentVersion | undefined> {
-  const [row] = await db.query<{ version: number; row_count: number; features: unknown; as_of: string | null }>(
-    `SELECT ver.version, ver.row_count, ver.features, ${isoTimeSql('ver.as_of')} AS as_of FROM ${META_SCHEMA}.views v JOIN ${META_SCHEMA}.versions ver ON ver.view = v.view AND ver.version = v.current_version WHERE v.view = $1`,
+  const [row] = await db.query<{ version: number; row_count: number; features: unknown; as_of: string | null; entity_key: string | null }>(
+    `SELECT ver.version, ver.row_count, ver.features, ver.entity_key, ${isoTimeSql('ver.as_of')} AS as_of FROM ${META_SCHEMA}.views v JOIN ${META_SCHEMA}.versions ver ON ver.view = v.view AND ver.version = v.current_version WHERE v.view = $1`,
     [view],
   );
   if (!row) return undefined;
   const features = (typeof row.features === 'string' ? JSON.parse(row.features) : row.features) as { name: string; type: FeatureType }[];
-  return { version: Number(row.version), rows: Number(row.row_count), asOf: row.as_of, features };
+  return { version: Number(row.version), rows: Number(row.row_count), asOf: row.as_of, features, entityKey: row.entity_key };
 }
 
 function windowStart(asOf: string | null, lookbackSeconds: number): string | null {
@@ -484,10 +486,10 @@ async function claimHotVersion(view: string, version: number, hot: HotTier): Pro
 async function allocateVersion(db: Database, job: JobDefinition, runId: number): Promise<number> {
   const features = JSON.stringify(job.features.map((f) => ({ name: f.name, type: f.type })));
   const [row] = await db.query<{ version: number }>(
-    `INSERT INTO ${META_SCHEMA}.versions (view, version, run_id, state, features)
-     SELECT $1, coalesce(max(version), 0) + 1, $2, 'loading', $3::jsonb FROM ${META_SCHEMA}.versions WHERE view = $1
+    `INSERT INTO ${META_SCHEMA}.versions (view, version, run_id, state, features, entity_key)
+     SELECT $1, coalesce(max(version), 0) + 1, $2, 'loading', $3::jsonb, $4 FROM ${META_SCHEMA}.versions WHERE view = $1
      RETURNING version`,
-    [job.view, runId, features],
+    [job.view, runId, features, job.entityKey],
   );
   const version = Number(row!.version);
   await db.query(`UPDATE ${META_SCHEMA}.runs SET version = $2 WHERE run_id = $1`, [runId, version]);

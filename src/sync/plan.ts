@@ -114,9 +114,16 @@ export function checkContract(job: JobDefinition, columns: readonly SourceColumn
 
 /**
  * A published view's contract may grow (new features) but never silently
- * break: a removed or retyped feature must be published as a new view.
+ * break: a removed or retyped feature, or another entity key (whose ids would
+ * be mixed with the old ones, or stop finding them), must be published as a
+ * new view.
  */
-export function checkCompatibility(job: JobDefinition, published: readonly { name: string; type: FeatureType }[], incremental: boolean): void {
+export function checkCompatibility(
+  job: JobDefinition,
+  previous: { readonly features: readonly { name: string; type: FeatureType }[]; readonly entityKey: string | null },
+  incremental: boolean,
+): void {
+  const published = previous.features;
   const now = new Map(job.features.map((f) => [f.name, f.type]));
   const breaks = published.flatMap((f) => {
     const type = now.get(f.name);
@@ -124,6 +131,11 @@ export function checkCompatibility(job: JobDefinition, published: readonly { nam
     if (type !== f.type) return [`feature "${f.name}" changed type from ${f.type} to ${type}`];
     return [];
   });
+  if (previous.entityKey !== null && previous.entityKey !== job.entityKey) {
+    breaks.push(
+      `the entity key changed from column "${previous.entityKey}" to "${job.entityKey}" (if only the column's name changed and the ids are the same, keep entity_key: ${previous.entityKey} and rename the column in a transform: SELECT *, ${quoteIdent(job.entityKey)} AS ${quoteIdent(previous.entityKey)} FROM source)`,
+    );
+  }
   // An incremental run carries over the entities it does not read, with no value for a feature added since: a
   // contract that says the feature is never null would be broken for each of them.
   if (incremental) {

@@ -106,6 +106,20 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       const grow = await sync({ view: 'c_cols', entity_key: 'id', event_time: 't', features: { score: { type: 'double' }, rank: { type: 'integer' } } }, rows(10, 'i * 1.0', ', i AS rank'));
       expect(grow.summary).toMatchObject({ status: 'succeeded', version: 2 });
     });
+
+    it('refuses another entity key, whose ids would be mixed with the old ones, and shows how to keep a renamed one', async () => {
+      const keyed = (entityKey: string, transform?: string) => ({ view: 'c_rekey', entity_key: entityKey, event_time: 't', mode: 'incremental', features: { score: { type: 'double' } }, ...(transform ? { transform } : {}) }) as never;
+      expect((await sync(keyed('user_id'), `SELECT 'u1' AS user_id, 'a1' AS acct, TIMESTAMP '2026-01-01' AS t, 1.0 AS score`)).summary).toMatchObject({ status: 'succeeded', version: 1 });
+      const rekeyed = await sync(keyed('acct'), `SELECT 'u1' AS user_id, 'a1' AS acct, TIMESTAMP '2026-01-02' AS t, 2.0 AS score`);
+      expect(rekeyed.summary.error).toMatch(
+        /breaks what its callers rely on: the entity key changed from column "user_id" to "acct" \(if only the column's name changed and the ids are the same, keep entity_key: user_id and rename the column in a transform: SELECT \*, "acct" AS "user_id" FROM source\)\. Publish the new contract as a new view/,
+      );
+      expect(await served('c_rekey', ['u1', 'a1'])).toEqual({ version: 1, rows: [{ score: 1 }, null] });
+      // The column renamed at the source, kept under its old name: compatible.
+      const renamed = await sync(keyed('user_id', 'SELECT * EXCLUDE (uid), uid AS user_id FROM source'), `SELECT 'u1' AS uid, TIMESTAMP '2026-01-02' AS t, 2.0 AS score`);
+      expect(renamed.summary).toMatchObject({ status: 'succeeded', version: 2 });
+      expect(await served('c_rekey', ['u1'])).toEqual({ version: 2, rows: [{ score: 2 }] });
+    });
   });
 
   describe('epoch time units', () => {
