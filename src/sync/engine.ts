@@ -37,6 +37,10 @@ import {
   REJECT_SAMPLE_SQL,
   REJECT_SUMMARY_SQL,
   rowChecksSql,
+  recordedFeatures,
+  tightenedRules,
+  judgeCarriedRows,
+  type RecordedRules,
   LIVE_ENTITIES_SQL,
   DROP_ROW_CHECKS_SQL,
   sqlString,
@@ -232,9 +236,14 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
     if (incremental) {
       // A changed contract (a feature added) is published even if no row changed, so callers see the features the
       // definition declares; entities this run did not read hold null for a new feature until a backfill reads them.
-      const contractChanged = !sameFeatures(previous.features, job.features);
-      if (contractChanged) details.features_changed = true;
-      const merged = await mergeDelta(conn, job, previous, version, table, ctx, stats, contractChanged);
+      const featuresChanged = !sameFeatures(previous.features, job.features);
+      if (featuresChanged) details.features_changed = true;
+      // Rules tightened since the published version are checked on every entity the version carries over; if they
+      // hold, the version is published so that it records them (and the next run need not check again).
+      const tightened = tightenedRules(previous.features, job);
+      if (tightened.length) details.rules_tightened = [...new Set(tightened.map((r) => `${r.feature}: ${r.reason}`))];
+      const contractChanged = featuresChanged || tightened.length > 0;
+      const merged = await mergeDelta(conn, job, previous, version, table, ctx, stats, contractChanged, tightened);
       Object.assign(details, merged.counts);
       phase('merge');
       if (merged.changes === 0 && !contractChanged) {
@@ -379,7 +388,7 @@ interface CurrentVersion {
   readonly version: number;
   readonly rows: number;
   readonly asOf: string | null;
-  readonly features: { name: string; type: FeatureType }[];
+  readonly features: (RecordedRules & { type: FeatureType })[];
   /** Null for a version loaded before the key column was recorded. */
   readonly entityKey: string | null;
 }
@@ -390,7 +399,7 @@ async function currentVersion(db: Database, view: string): Promise<CurrentVersio
     [view],
   );
   if (!row) return undefined;
-  const features = (typeof row.features === 'string' ? JSON.parse(row.features) : row.features) as { name: string; type: FeatureType }[];
+  const features = (typeof row.features === 'string' ? JSON.parse(row.features) : row.features) as CurrentVersion['features'];
   return { version: Number(row.version), rows: Number(row.row_count), asOf: row.as_of, features, entityKey: row.entity_key };
 }
 
@@ -414,6 +423,7 @@ async function mergeDelta(
   ctx: SyncContext,
   stats: RunStats,
   contractChanged: boolean,
+  tightened: readonly { feature: string; broken: string; reason: string }[],
 ): Promise<{ changes: number; rows: number; asOf: string | null; counts: Record<string, number> }> {
   const { db, hot } = ctx;
   const kept = previous.features.map((f) => quoteIdent(f.name)).join(', ');
@@ -444,6 +454,14 @@ async function mergeDelta(
     if (rows !== previous.rows + inserted - deleted) throw new Error(`row counts disagree after the merge: ${previous.rows} + ${inserted} inserted - ${deleted} deleted != ${rows}; nothing was published`);
     const changes = inserted + updated + deleted;
     const counts = { inserted, updated, deleted, unchanged: stats.entities - changes };
+    const broken = [];
+    for (const rule of tightened) {
+      const [found] = await db.query<{ count: number; example: string | null; value: string | null }>(
+        `SELECT count(*) AS count, min(entity_id) AS example, (array_agg(${quoteIdent(rule.feature)}::text ORDER BY entity_id))[1] AS value FROM ${table} WHERE ${rule.broken}`,
+      );
+      if (Number(found!.count)) broken.push({ feature: rule.feature, reason: rule.reason, count: Number(found!.count), example: found!.example!, value: found!.value });
+    }
+    judgeCarriedRows(job, broken);
     if (changes === 0 && !contractChanged) return { changes, rows, asOf: after!.as_of, counts };
     let hotRows = 0;
     await forEachBatch(db, hotValuesFromPostgresSql(table, job.features), ctx.batchRows, async (batch) => {
@@ -484,7 +502,7 @@ async function claimHotVersion(view: string, version: number, hot: HotTier): Pro
 }
 
 async function allocateVersion(db: Database, job: JobDefinition, runId: number): Promise<number> {
-  const features = JSON.stringify(job.features.map((f) => ({ name: f.name, type: f.type })));
+  const features = recordedFeatures(job);
   const [row] = await db.query<{ version: number }>(
     `INSERT INTO ${META_SCHEMA}.versions (view, version, run_id, state, features, entity_key)
      SELECT $1, coalesce(max(version), 0) + 1, $2, 'loading', $3::jsonb, $4 FROM ${META_SCHEMA}.versions WHERE view = $1

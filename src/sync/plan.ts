@@ -154,6 +154,55 @@ export function checkCompatibility(
   }
 }
 
+/** A feature's rules as a version records them (absent in versions recorded before the rules were). */
+export interface RecordedRules {
+  readonly name: string;
+  readonly nullable?: boolean;
+  readonly min?: number;
+  readonly max?: number;
+  readonly allowed?: readonly (string | number | boolean)[];
+}
+
+/** What a version records of each feature: name, type and rules. */
+export function recordedFeatures(job: JobDefinition): string {
+  return JSON.stringify(job.features.map((f) => ({ name: f.name, type: f.type, nullable: f.nullable, min: f.min, max: f.max, allowed: f.allowed })));
+}
+
+/**
+ * Rules the job declares now that the published version's values were not
+ * held to (a feature made non-null, a min raised, a max lowered, a value no
+ * longer allowed; any rule, for a version that recorded none): an incremental
+ * run carries over the entities it does not read, so their stored values must
+ * be checked against these. Each is a Postgres condition a breaking row meets.
+ */
+export function tightenedRules(published: readonly RecordedRules[], job: JobDefinition): { feature: string; broken: string; reason: string }[] {
+  const before = new Map(published.map((f) => [f.name, f]));
+  const rules: { feature: string; broken: string; reason: string }[] = [];
+  for (const f of job.features) {
+    const old = before.get(f.name);
+    if (!old) continue;
+    const known = old.nullable !== undefined;
+    const col = quoteIdent(f.name);
+    if (!f.nullable && (!known || old.nullable)) rules.push({ feature: f.name, broken: `${col} IS NULL`, reason: 'is null, and the contract now says nullable: false' });
+    if (f.min !== undefined && (!known || old.min === undefined || f.min > old.min)) rules.push({ feature: f.name, broken: `${col} < ${f.min}`, reason: `is below the minimum ${f.min}` });
+    if (f.max !== undefined && (!known || old.max === undefined || f.max < old.max)) rules.push({ feature: f.name, broken: `${col} > ${f.max}`, reason: `is above the maximum ${f.max}` });
+    if (f.allowed && (!known || !old.allowed || old.allowed.some((v) => !f.allowed!.includes(v)))) {
+      rules.push({ feature: f.name, broken: `${col} NOT IN (${f.allowed.map(literal).join(', ')})`, reason: 'is not an allowed value' });
+    }
+  }
+  return rules;
+}
+
+/** Fails when stored entities an incremental run carried over break rules the job tightened since (tightenedRules). */
+export function judgeCarriedRows(job: JobDefinition, broken: { feature: string; reason: string; count: number; example: string; value: string | null }[]): void {
+  if (!broken.length) return;
+  const problems = broken.map((b) => `${b.count} × ${b.feature}: ${b.reason} (e.g. entity ${b.example}: ${b.value ?? 'null'})`);
+  throw new SyncDataError(
+    `stored entities of view "${job.view}" break rules its definition tightened since the published version: ${problems.join('; ')}. An incremental run keeps the entities it does not read as they are: correct them at the source and backfill (npm run ctl -- backfill ${job.view} --from <instant>), or keep the old rule`,
+    { carried_rule_breaks: problems },
+  );
+}
+
 function describeAccepted(type: FeatureType): string {
   switch (type) {
     case 'integer':

@@ -337,6 +337,28 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       expect(await served('c_inc_added', ['a'])).toEqual({ version: 3, rows: [{ score: 1, extra: 10, more: null }] });
     });
 
+    it('checks the entities it carries over against rules tightened since, and records the rules once they hold', async () => {
+      const ruled = (score: object) => ({ view: 'c_inc_rules', entity_key: 'id', event_time: 't', mode: 'incremental', lookback: 0, features: { score: { type: 'double', ...score } } }) as never;
+      const rows = (...values: string[]) => `SELECT * FROM (VALUES ${values.join(', ')}) v(id, t, score)`;
+      const [a, b] = [`('a', TIMESTAMP '2026-02-01 10:00', 1.0)`, `('b', TIMESTAMP '2026-02-01 09:00', NULL)`];
+      expect((await sync(ruled({}), rows(a, b))).summary).toMatchObject({ status: 'succeeded', version: 1 });
+      // Only a's new row is read; b, carried over, is null and may no longer be.
+      const strict = await sync(ruled({ nullable: false, min: 0.5 }), rows(a, b, `('a', TIMESTAMP '2026-02-01 11:00', 2.0)`));
+      expect(strict.summary.status).toBe('failed');
+      expect(strict.summary.error).toMatch(
+        /stored entities of view "c_inc_rules" break rules its definition tightened since the published version: 1 × score: is null, and the contract now says nullable: false \(e\.g\. entity b: null\)\. .*correct them at the source and backfill \(npm run ctl -- backfill c_inc_rules --from <instant>\), or keep the old rule/,
+      );
+      expect(await served('c_inc_rules', ['a', 'b'])).toEqual({ version: 1, rows: [{ score: 1 }, { score: null }] });
+      // Corrected at the source and backfilled: the rules hold, and the version that records them is published.
+      const fixed = await sync(ruled({ nullable: false, min: 0.5 }), rows(a, `('b', TIMESTAMP '2026-02-01 10:30', 0.7)`, `('a', TIMESTAMP '2026-02-01 11:00', 2.0)`), { backfillFrom: '2026-02-01T00:00:00Z' });
+      expect(fixed.summary).toMatchObject({ status: 'succeeded', details: { rules_tightened: ['score: is null, and the contract now says nullable: false', 'score: is below the minimum 0.5'] } });
+      expect(await served('c_inc_rules', ['a', 'b'])).toEqual({ version: fixed.summary.version, rows: [{ score: 2 }, { score: 0.7 }] });
+      // Recorded: the next run checks nothing again, and a replay changes nothing.
+      const again = await sync(ruled({ nullable: false, min: 0.5 }), rows(a, `('b', TIMESTAMP '2026-02-01 10:30', 0.7)`, `('a', TIMESTAMP '2026-02-01 11:00', 2.0)`));
+      expect(again.summary).toMatchObject({ status: 'succeeded', version: fixed.summary.version, details: { unchanged: true } });
+      expect(again.summary.details.rules_tightened).toBeUndefined();
+    });
+
     it('resolves rows of the same event time as a snapshot does, whichever run they arrive in', async () => {
       const view = { view: 'c_inc_tie', entity_key: 'id', event_time: 't', mode: 'incremental', features: { score: { type: 'double' }, tag: { type: 'string' } } } as never;
       const rows = (...values: string[]) => `SELECT * FROM (VALUES ${values.join(', ')}) v(id, t, score, tag)`;
