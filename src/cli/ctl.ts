@@ -3,6 +3,7 @@
 //   backfill <job> --from T     run an incremental job over the rows after instant T
 //   runs <job> [--limit N]      list the job's recent runs
 //   rollback <view>             switch readers back to the previous version
+//   drop <view>                 free the data of a view whose definition was removed
 //   keys create <name> --views a,b|*   create an API key (printed once)
 //   keys list | keys revoke <id|name>
 // Exit codes: 0 done, 1 failed (the reason on stderr), 2 bad usage or
@@ -12,10 +13,10 @@ import { loadConfig, type Config } from '../config/index.js';
 import { loadJobDefinitions, type JobDefinition } from '../jobs/definition.js';
 import { createLogger } from '../observability/log.js';
 import { createApiKey, listApiKeys, revokeApiKey } from '../stores/api-keys.js';
-import { ensureSchema, JobBusyError, listRuns, rollbackView } from '../stores/metadata.js';
+import { ensureSchema, JobBusyError, listRuns, META_SCHEMA, rollbackView } from '../stores/metadata.js';
 import { PostgresDatabase } from '../stores/postgres.js';
 import { createHotTier } from '../stores/create-hot-tier.js';
-import { jobLockKey, runSync } from '../sync/engine.js';
+import { dropView, jobLockKey, runSync } from '../sync/engine.js';
 import { lowerPriority } from '../sync/runner.js';
 
 const USAGE = `usage:
@@ -23,6 +24,7 @@ const USAGE = `usage:
   npm run ctl -- backfill <job> --from T   run an incremental job over every row after T (ISO 8601)
   npm run ctl -- runs <job> [--limit N]    list the job's recent runs (default 20)
   npm run ctl -- rollback <view>           switch readers back to the view's previous version
+  npm run ctl -- drop <view>               free every stored version of a view whose job definition was removed
   npm run ctl -- keys create <name> --views <view,...|*> [--rate N [--burst M]]
                                            create an API key (printed once, stored hashed), optionally with its own rate limit
   npm run ctl -- keys list                 list keys (never their secrets)
@@ -46,6 +48,7 @@ const OPTIONS: Readonly<Record<string, readonly string[]>> = {
   backfill: ['from'],
   runs: ['limit'],
   rollback: [],
+  drop: [],
   'keys create': ['views', 'rate', 'burst'],
   'keys list': [],
   'keys revoke': [],
@@ -127,6 +130,10 @@ async function main(argv: string[]): Promise<void> {
   if (positionals[0] === 'keys') return keys(positionals.slice(1), values);
   const [command, name, ...rest] = positionals;
   if (rest.length) throw usage(`unexpected arguments: ${rest.join(' ')}`);
+  if (command === 'drop') {
+    checkOptions(command, values);
+    return drop(name);
+  }
   if (command !== 'sync' && command !== 'backfill' && command !== 'runs' && command !== 'rollback') throw usage(command ? `unknown command "${command}"` : 'name a command');
   checkOptions(command, values);
   if (command === 'backfill' && values.from === undefined) throw usage('backfill needs --from');
@@ -167,6 +174,35 @@ async function main(argv: string[]): Promise<void> {
       if (summary.status === 'failed') throw new ExitError(`${command} of ${job.view} failed (run ${summary.runId}): ${summary.error}`, 1);
       if (summary.status === 'skipped') throw new ExitError(`${command} of ${job.view} skipped (run ${summary.runId}): ${summary.error}`, 3);
     }
+  } finally {
+    await Promise.allSettled([db.close(), hot.close()]);
+  }
+}
+
+/** Frees a removed view's data; refuses while a definition of it exists, which a run would load again. */
+async function drop(view: string | undefined): Promise<void> {
+  if (!view) throw usage('name the view to drop');
+  const config = setup();
+  const jobs = await loadJobs(config);
+  if (jobs.some((j) => j.view === view)) {
+    throw new ExitError(`view "${view}" is still defined in ${config.syncJobsDir}: remove its job definition (and redeploy the servers, which would otherwise sync it again) before dropping its data`, 2);
+  }
+  const db = new PostgresDatabase({ url: config.databaseUrl!, maxConnections: 2, applicationName: `feature-ctl:drop:${view}` });
+  const hot = createHotTier(config, 30_000);
+  try {
+    await ensureSchema(db).catch((error: Error) => {
+      throw new ExitError(`drop of ${view} could not run: Postgres: ${error.message}`, 1);
+    });
+    const [known] = await db.query(`SELECT 1 FROM ${META_SCHEMA}.versions WHERE view = $1 AND state <> 'dropped' UNION ALL SELECT 1 FROM ${META_SCHEMA}.views WHERE view = $1 LIMIT 1`, [view]);
+    if (!known) throw new ExitError(`view "${view}" has no stored data to drop`, 2);
+    await hot.ready(5_000).catch((error: Error) => {
+      throw new ExitError(`drop of ${view} could not run: Redis: ${error.message}`, 1);
+    });
+    const dropped = await dropView(view, db, hot).catch((error: Error) => {
+      throw new ExitError(`drop of ${view} failed (run it again to finish): ${error.message}`, 1);
+    });
+    if (!dropped) throw new ExitError(`drop of ${view} skipped: a run of its job holds the job's lock; drop it after the run ends`, 3);
+    process.stdout.write(JSON.stringify({ view, dropped_versions: dropped, hot_keys: dropped.reduce((n, d) => n + d.hot_keys, 0) }, null, 2) + '\n');
   } finally {
     await Promise.allSettled([db.close(), hot.close()]);
   }

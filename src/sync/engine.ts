@@ -703,6 +703,24 @@ export async function reclaimOldVersions(view: string, db: Database, hot: HotTie
   return reclaimed;
 }
 
+/**
+ * Frees everything of a view whose definition was removed: every stored
+ * version's table and hot-tier keys, then its row in the views table, under
+ * the job's lock (so no run of it is in progress). Run records and rejects
+ * stay, as history. Undefined when the lock is taken.
+ */
+export async function dropView(view: string, db: Database, hot: HotTier): Promise<ReclaimedVersion[] | undefined> {
+  const locked = await db.withAdvisoryLock(jobLockKey(view), async () => {
+    const rows = await db.query<{ version: number }>(`SELECT version FROM ${META_SCHEMA}.versions WHERE view = $1 AND state <> 'dropped' ORDER BY version`, [view]);
+    // Readers first: once the row is gone no process serves the view, whatever is dropped next.
+    await db.query(`DELETE FROM ${META_SCHEMA}.views WHERE view = $1`, [view]);
+    const dropped: ReclaimedVersion[] = [];
+    for (const { version } of rows) dropped.push({ version: Number(version), hot_keys: await discardVersion(view, Number(version), db, hot) });
+    return dropped;
+  });
+  return locked.acquired ? locked.value : undefined;
+}
+
 /** Closes runs and versions a dead process left behind; called holding the job's lock. */
 async function reclaimDeadRuns(view: string, db: Database, hot: HotTier): Promise<ReclaimedVersion[]> {
   await db.query(

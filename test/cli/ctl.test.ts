@@ -136,6 +136,44 @@ describe('command line: npm run sync -- <job>, npm run ctl -- runs|rollback', ()
     }
   });
 
+  it('drops the data of a view whose definition was removed, and says what it freed', async () => {
+    const goneDir = await tempDir('cli-gone');
+    const source = await writeParquet(path.join(goneDir, 'gone.parquet'), `SELECT 'g' || i AS id, TIMESTAMP '2026-01-01' AS t, i AS n FROM range(1, 21) t(i)`);
+    await writeJobs(goneDir, [{ view: 'gone', source, entity_key: 'id', event_time: 't', features: { n: { type: 'integer' } } }]);
+    expect(sync(['gone'], { SYNC_JOBS_DIR: goneDir }).status).toBe(0);
+    expect(sync(['gone', '--force'], { SYNC_JOBS_DIR: goneDir }).status).toBe(0);
+    const defined = ctl(['drop', 'gone'], { SYNC_JOBS_DIR: goneDir });
+    expect(defined.status).toBe(2);
+    expect(defined.stderr).toMatch(/view "gone" is still defined in .*: remove its job definition \(and redeploy the servers, which would otherwise sync it again\) before dropping its data/);
+    expect(ctl(['drop']).stderr).toMatch(/name the view to drop/);
+
+    // Busy: a run holds the job's lock.
+    const db = new PostgresDatabase({ url: database.url, maxConnections: 2 });
+    const client = new (await import('ioredis')).Redis(redis.url);
+    try {
+      const held = await db.withAdvisoryLock(jobLockKey('gone'), async () => ctl(['drop', 'gone']));
+      expect(held.acquired && held.value.status).toBe(3);
+      expect(held.acquired && held.value.stderr).toMatch(/drop of gone skipped: a run of its job holds the job's lock/);
+
+      // The definition is gone from the jobs directory (dir does not define it): both versions, tables and keys, are freed.
+      expect((await client.keys('fs:gone:*')).length).toBe(42);
+      const dropped = ctl(['drop', 'gone']);
+      expect(dropped.status, dropped.stderr).toBe(0);
+      expect(JSON.parse(dropped.stdout)).toEqual({ view: 'gone', dropped_versions: [{ version: 1, hot_keys: 20 }, { version: 2, hot_keys: 20 }], hot_keys: 40 });
+      expect(await client.keys('fs:gone:*')).toEqual([]);
+      expect(await db.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'featurestore_data' AND table_name LIKE 'gone%'`)).toEqual([]);
+      expect(await db.query(`SELECT view FROM featurestore.views WHERE view = 'gone'`)).toEqual([]);
+      // The runs stay, as history; a second drop finds nothing.
+      expect((await db.query(`SELECT 1 FROM featurestore.runs WHERE job = 'gone'`)).length).toBe(2);
+      const again = ctl(['drop', 'gone']);
+      expect(again.status).toBe(2);
+      expect(again.stderr).toMatch(/view "gone" has no stored data to drop/);
+    } finally {
+      client.disconnect();
+      await db.close();
+    }
+  });
+
   it('lists and revokes keys without reading the job definitions, which only keys create needs', async () => {
     const broken = await tempDir('cli-broken');
     await writeFile(path.join(broken, 'broken.yaml'), 'view: [\n');
