@@ -97,7 +97,9 @@ const cell = (text, cls) => { const td = document.createElement('td'); td.textCo
 const row = (cells) => { const tr = document.createElement('tr'); cells.forEach((c) => tr.appendChild(c)); return tr; };
 async function refresh() {
   try {
-    const [stats, slo, jobs] = await Promise.all(['/dashboard/v1/stats', '/slo/v1', '/sync/v1/jobs'].map((u) => fetch(u).then((r) => r.json())));
+    // /sync/v1 needs an API key in keys mode, which this page does not send: the runs table says so, the rest works.
+    const [stats, slo, jobs] = await Promise.all(['/dashboard/v1/stats', '/slo/v1', '/sync/v1/jobs'].map((u) => fetch(u).then((r) => r.json().then((body) => (r.ok ? body : { problem: body })))));
+    if (stats.problem || slo.problem) throw new Error((stats.problem || slo.problem).detail || 'an error response');
     $('rate').textContent = stats.lookups_per_second.toFixed(1);
     $('p50').textContent = ms(stats.p50_ms);
     $('p99').textContent = ms(stats.p99_ms);
@@ -110,8 +112,14 @@ async function refresh() {
     $('budget').textContent = pct(latency.error_budget_remaining, 1);
     $('budget').className = 'value ' + (latency.error_budget_remaining > 0 ? 'ok' : 'bad');
     $('views').replaceChildren(...slo.freshness.map((v) => row([cell(v.view), cell(v.version ?? '–'), cell(v.as_of ?? '–'), cell(duration(v.age_seconds)), cell(duration(v.objective_seconds)), cell(v.fresh ? 'fresh' : 'stale', v.fresh ? 'ok' : 'bad')])));
-    const runs = jobs.jobs.filter((j) => j.last_run).map((j) => j.last_run).sort((a, b) => b.run_id - a.run_id);
-    $('runs').replaceChildren(...runs.map((r) => row([cell(r.job), cell(String(r.run_id)), cell(r.status, r.status === 'succeeded' ? 'ok' : r.status === 'failed' ? 'bad' : 'muted'), cell(r.trigger), cell(r.finished_at ?? 'running'), cell(r.rows_written ?? '–'), cell(r.error ?? '', 'muted')])));
+    if (jobs.problem) {
+      const note = cell('runs not shown: ' + (jobs.problem.status === 401 ? '/sync/v1 needs an API key, which this page does not send (npm run ctl -- runs <job> lists them)' : jobs.problem.detail), 'muted');
+      note.colSpan = 7;
+      $('runs').replaceChildren(row([note]));
+    } else {
+      const runs = jobs.jobs.filter((j) => j.last_run).map((j) => j.last_run).sort((a, b) => b.run_id - a.run_id);
+      $('runs').replaceChildren(...runs.map((r) => row([cell(r.job), cell(String(r.run_id)), cell(r.status, r.status === 'succeeded' ? 'ok' : r.status === 'failed' ? 'bad' : 'muted'), cell(r.trigger), cell(r.finished_at ?? 'running'), cell(r.rows_written ?? '–'), cell(r.error ?? '', 'muted')])));
+    }
     $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
   } catch (error) {
     $('updated').textContent = 'cannot reach the API: ' + error.message;

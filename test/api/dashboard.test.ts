@@ -5,6 +5,7 @@ import path from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFinished } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server.js';
+import { createApiKey } from '../../src/stores/api-keys.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
 import { assertMatchesSpec } from '../support/openapi.js';
@@ -16,11 +17,12 @@ describe('built-in dashboard in headless Chromium', () => {
   let server: RunningServer;
   let browser: Browser;
   let baseUrl: string;
+  let dir: string;
 
   beforeAll(async () => {
     redis = await startRedis();
     database = await freshDatabase(inject('databaseUrl'), 'dashboard');
-    const dir = await tempDir('dashboard');
+    dir = await tempDir('dashboard');
     const fresh = await writeParquet(path.join(dir, 'fresh.parquet'), `SELECT 'u' || i AS id, now()::TIMESTAMP - INTERVAL 5 MINUTE AS t, i AS n FROM range(1, 101) t(i)`);
     const old = await writeParquet(path.join(dir, 'old.parquet'), `SELECT 'a' || i AS id, TIMESTAMP '2020-01-01' AS t, i * 1.5 AS x FROM range(1, 11) t(i)`);
     await writeJobs(dir, [
@@ -79,5 +81,19 @@ describe('built-in dashboard in headless Chromium', () => {
     expect(runs.every((r) => /succeeded/.test(r))).toBe(true);
     await mkdir('test/artifacts', { recursive: true });
     await page.screenshot({ path: 'test/artifacts/dashboard.png', fullPage: true });
+  });
+
+  it('works in keys mode, where /sync/v1 needs a key the page does not send: the runs table says so', async () => {
+    await createApiKey(server.db, 'dashboard-test', ['*']);
+    const keyed = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, AUTH_MODE: 'keys', SYNC_ON_START: 'false', SCHEDULER_ENABLED: 'false' }));
+    try {
+      const page = await browser.newPage();
+      await page.goto(`http://127.0.0.1:${keyed.port}/dashboard`);
+      await expect.poll(() => page.locator('#updated').innerText(), { timeout: 30_000 }).toMatch(/^updated/);
+      expect(await page.locator('#runs').innerText()).toMatch(/runs not shown: \/sync\/v1 needs an API key, which this page does not send/);
+      expect((await page.locator('#views tr').allInnerTexts()).length).toBe(2);
+    } finally {
+      await keyed.close();
+    }
   });
 });
