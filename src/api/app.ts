@@ -87,10 +87,11 @@ export function createApp(deps: AppDeps): Hono {
         await context.with(trace.setSpan(parent, span), next);
       } finally {
         const last = routePath(c, -1);
-        const route = last === '/*' || last === '*' ? undefined : last;
+        // Only middleware (a wildcard) matched: no route did.
+        const route = last.endsWith('*') ? undefined : last;
         span.updateName(route ? `${c.req.method} ${route}` : c.req.method);
         if (route) span.setAttribute('http.route', route);
-        span.setAttribute('url.path', route ? scrubbedPath(c.req.path, route) : c.req.path);
+        span.setAttribute('url.path', scrubbedPath(c.req.path, route));
         span.setAttribute('http.response.status_code', c.res.status);
         if (c.res.status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
         span.end();
@@ -207,7 +208,10 @@ export function createApp(deps: AppDeps): Hono {
  * sensitive parts of url.path be scrubbed). Other parameters (job names) are
  * the operator's own and stay. Logs carry only the route template.
  */
-export function scrubbedPath(path: string, route: string): string {
+export function scrubbedPath(path: string, route: string | undefined): string {
+  // A path no route matched (a trailing slash, an extra segment) may still carry an entity id: below /features/v1/
+  // every segment but the batch route's own is redacted.
+  if (route === undefined) return path.replace(/^(\/features\/v1)\/(.*)$/, (_, base: string, rest: string) => `${base}/${rest.split('/').map((s) => (s === 'batch' || s === '' ? s : 'REDACTED')).join('/')}`);
   const template = route.split('/');
   if (!template.includes(':entity_id')) return path;
   return path

@@ -236,12 +236,13 @@ export function featureRoutes(deps: FeatureRouteDeps): Hono {
     const headers = responseHeaders(c);
     headers['Feature-Tier'] = result.tier;
     headers['Server-Timing'] = serverTiming(result, c.get('startedAt'));
+    // A caller of a deprecated view hears of it on a miss too.
+    if (view.job.deprecated) deprecationHeaders(headers, deprecationFor(view.job.deprecated, grant), entityId);
     if (!row) throw new ApiError('entity-not-found', `view "${view.job.view}" has no entity "${entityId}" in version ${version.version}`);
 
     const now = Date.now();
     const meta = freshnessOf(view, version, now);
     freshnessHeaders(headers, view, version, meta, catalog.nextRun(view.job.view, now), now);
-    if (view.job.deprecated) deprecationHeaders(headers, deprecationFor(view.job.deprecated, grant), entityId);
     const etag = entityTag(version, entityId, selection?.names ?? null);
     headers.ETag = etag;
     if (matchesIfNoneMatch(c.req.header('If-None-Match'), etag)) return respondJson(c, 304, null);

@@ -78,19 +78,21 @@ function fnv1a(text: string): string {
 }
 
 /**
- * Strong ETag from view, version, when it was published, entity and the feature selection; no body hashing. The
- * publish time tells apart two versions of one number (one lost in a restore to an earlier state, then reused), so
- * a cache holding the lost one's tag gets the new body, not a 304.
+ * Weak ETag (the body's age and freshness move under it; the values do not) from view, version, when it was
+ * published, entity and the feature selection; no body hashing. The publish time tells apart two versions of one
+ * number (one lost in a restore to an earlier state, then reused), so a cache holding the lost one's tag gets the new
+ * body, not a 304.
  */
 export function entityTag(version: ServedVersion, entityId: string, features: readonly string[] | null): string {
-  return `"${version.view}.${version.version}.${fnv1a(`${version.publishedAt.getTime()}|${entityId}|${features?.join(',') ?? '*'}`)}"`;
+  return `W/"${version.view}.${version.version}.${fnv1a(`${version.publishedAt.getTime()}|${entityId}|${features?.join(',') ?? '*'}`)}"`;
 }
 
 /** If-None-Match uses the weak comparison (RFC 9110 §13.1.2). */
 export function matchesIfNoneMatch(header: string | undefined, etag: string): boolean {
   if (!header) return false;
   if (header.trim() === '*') return true;
-  return header.split(',').some((candidate) => candidate.trim().replace(/^W\//, '') === etag);
+  const opaque = etag.replace(/^W\//, '');
+  return header.split(',').some((candidate) => candidate.trim().replace(/^W\//, '') === opaque);
 }
 
 /**

@@ -177,9 +177,10 @@ export interface paths {
         };
         /**
          * Readiness
-         * @description Ready when Postgres answers and every view has a published version.
-         *     `degraded` (still 200) when only the hot tier is unreachable: answers
-         *     then come from Postgres.
+         * @description Ready when every view has a published version and at least one store
+         *     answers. `degraded` (still 200) when one store is unreachable: with the
+         *     hot tier down answers come from Postgres; with Postgres down, what the
+         *     hot tier holds is served and a miss gets a 503.
          */
         get: operations["readyz"];
         put?: never;
@@ -532,7 +533,7 @@ export interface components {
     };
     requestBodies: never;
     headers: {
-        /** @description Strong validator derived from view, version (and when it was published), entity and feature selection. */
+        /** @description Weak validator (the body's age and freshness change under it, its values do not) derived from view, version (and when it was published), entity and feature selection. */
         ETag: string;
         /** @description The as-of time of the served version (its newest event time), as an HTTP date. */
         "Last-Modified": string;

@@ -170,12 +170,14 @@ describe('features API end to end (real Postgres and Redis, through the SDK)', (
   it('answers 304 to a matching If-None-Match, and 200 when the selection differs', async () => {
     const first = await client.GET('/features/v1/{entity_id}', { params: { path: { entity_id: 'e000020' }, query: { view: 'items' } } });
     const etag = first.response.headers.get('ETag')!;
-    expect(etag).toMatch(/^"items\.1\.[0-9a-f]{8}"$/);
+    expect(etag).toMatch(/^W\/"items\.1\.[0-9a-f]{8}"$/);
     const again = await validatingFetch(`${baseUrl}/features/v1/e000020?view=items`, { headers: { 'If-None-Match': `"other", ${etag}` } });
     expect(again.status).toBe(304);
     expect(again.headers.get('ETag')).toBe(etag);
     expect(again.headers.get('Feature-Version')).toBe('1');
     expect(await again.text()).toBe('');
+    // If-None-Match compares weakly: the tag without its W/ matches too.
+    expect((await validatingFetch(`${baseUrl}/features/v1/e000020?view=items`, { headers: { 'If-None-Match': etag.slice(2) } })).status).toBe(304);
     const subset = await validatingFetch(`${baseUrl}/features/v1/e000020?view=items&features=clicks`, { headers: { 'If-None-Match': etag } });
     expect(subset.status).toBe(200);
     expect(await subset.json()).toMatchObject({ features: { clicks: 60 } });

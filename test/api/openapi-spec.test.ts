@@ -18,7 +18,7 @@ const goodFeature = {
 };
 const featureHeaders = {
   'Content-Type': 'application/json',
-  ETag: '"items.1.0123abcd"',
+  ETag: 'W/"items.1.0123abcd"',
   'Last-Modified': 'Thu, 01 Jan 2026 00:00:00 GMT',
   'Cache-Control': 'private, max-age=10',
   'Feature-View': 'items',

@@ -57,6 +57,14 @@ describe('tracing and Server-Timing', () => {
     expect(serverSpan.attributes).toMatchObject({ 'http.request.method': 'GET', 'http.route': '/features/v1/:entity_id', 'url.path': '/features/v1/REDACTED', 'http.response.status_code': 200 });
     // The entity id is caller data: no span attribute carries it.
     for (const span of spans) expect(JSON.stringify(span.attributes)).not.toContain('k3');
+    // Nor on a path no route matches (a trailing slash, an extra segment).
+    for (const odd of ['/features/v1/k3/', '/features/v1/k3/extra']) {
+      exporter.reset();
+      await fetch(`http://127.0.0.1:${server.port}${odd}?view=traced`).then((r) => r.arrayBuffer());
+      const [unmatched] = exporter.getFinishedSpans().filter((s) => s.attributes['url.path'] !== undefined);
+      expect(unmatched!.attributes['url.path']).toBe(odd === '/features/v1/k3/' ? '/features/v1/REDACTED/' : '/features/v1/REDACTED/REDACTED');
+      expect(JSON.stringify(unmatched!.attributes)).not.toContain('k3');
+    }
     const redisSpan = spans.find((s) => s.name === 'redis get')!;
     expect(redisSpan.spanContext().traceId).toBe(TRACE_ID);
     expect(parentOf(redisSpan)).toBe(serverSpan.spanContext().spanId);

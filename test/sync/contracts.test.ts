@@ -511,6 +511,11 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       expect(v1.headers.get('Deprecation')).toBe(`@${Date.parse('2026-06-01T00:00:00Z') / 1000}`);
       expect(v1.headers.get('Sunset')).toBe('Sun, 31 Jan 2027 00:00:00 GMT');
       expect(v1.headers.get('Link')).toBe('</features/v1/p2?view=prices_v2>; rel="successor-version"');
+      // A miss on the deprecated view says so too.
+      const missing = await fetch(`${baseUrl}/features/v1/p99?view=prices`);
+      expect(missing.status).toBe(404);
+      expect(missing.headers.get('Deprecation')).toBe(v1.headers.get('Deprecation'));
+      expect(missing.headers.get('Link')).toBe('</features/v1/p99?view=prices_v2>; rel="successor-version"');
       const v2 = await fetch(`${baseUrl}/features/v1/p2?view=prices_v2`);
       expect(await v2.json()).toMatchObject({ view: 'prices_v2', features: { price_cents: 2000, currency: 'EUR' } });
       expect(v2.headers.get('Deprecation')).toBeNull();
