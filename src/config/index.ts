@@ -39,10 +39,16 @@ const serverUrl = (schemes: readonly string[], example: string) =>
   });
 const postgresUrl = serverUrl(['postgres', 'postgresql'], 'postgres://user:password@host:5432/database');
 
-/** The value with any user-info masked (`//user:password@` as `//***@`), so an error never echoes a password. */
-function redact(value: string): string {
+/**
+ * A setting's value as an error may show it: a secret setting not at all;
+ * otherwise with any user-info masked (`//user:password@` as `//***@`) and
+ * any `password=…` (a libpq key=value string, a URL parameter) masked, so an
+ * error never echoes a password.
+ */
+function redact(key: string, value: string): string {
+  if (/PASSWORD|SECRET|TOKEN/.test(key)) return '***';
   // Up to the last @: a password that breaks the URL may itself hold / or @.
-  return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/is, '$1***@');
+  return value.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/is, '$1***@').replace(/(pass(?:word)?\s*=\s*)('[^']*'|[^&\s]*)/gi, '$1***');
 }
 
 const envSchema = z.object({
@@ -195,7 +201,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
   const parsed = envSchema.safeParse(cleaned);
   if (!parsed.success) {
     const lines = parsed.error.issues.map(
-      (issue) => `  ${issue.path.join('.')}: ${issue.message} (got ${JSON.stringify(redact(String(cleaned[String(issue.path[0])])))})`,
+      (issue) => `  ${issue.path.join('.')}: ${issue.message} (got ${JSON.stringify(redact(String(issue.path[0]), String(cleaned[String(issue.path[0])])))})`,
     );
     throw new ConfigError(`invalid environment:\n${lines.join('\n')}`);
   }

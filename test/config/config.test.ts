@@ -71,7 +71,12 @@ describe('configuration: URL settings', () => {
     expect(schemeless).toContain('(got "***@db:5432/x")');
     const replicas = failure({ ...servers, DATABASE_REPLICA_URLS: 'postgres://app:s3cr3t@db2/x,db3:5432' });
     expect(replicas).toContain('(got "postgres://***@db2/x,db3:5432")');
-    for (const message of [wrongScheme, schemeless, replicas]) expect(message).not.toMatch(/s3cr3t|hunter2/);
+    // A libpq key=value string, a password as a URL parameter: masked too.
+    const libpq = failure({ ...servers, DATABASE_URL: 'host=db user=app password=s3cr3t dbname=fs' });
+    expect(libpq).toContain('(got "host=db user=app password=*** dbname=fs")');
+    const parameter = failure({ ...servers, DATABASE_REPLICA_URLS: 'db2:5432/x?sslmode=require&password=s3cr3t' });
+    expect(parameter).toContain('password=***');
+    for (const message of [wrongScheme, schemeless, replicas, libpq, parameter]) expect(message).not.toMatch(/s3cr3t|hunter2/);
   });
 });
 
