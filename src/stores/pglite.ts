@@ -41,23 +41,38 @@ export class PgliteDatabase implements Database {
     let parts: string[] = [];
     let bytes = 0;
     let rows = 0;
-    // Each write is whole CSV records, so any boundary between writes is a safe cut.
-    const flush = async () => {
-      if (parts.length === 0) return;
-      const blob = new Blob(parts);
-      parts = [];
-      bytes = 0;
-      const result = await this.db.query(sql, [], { blob });
+    const load = async (text: string) => {
+      const result = await this.db.query(sql, [], { blob: new Blob([text]) });
       rows += result.affectedRows ?? 0;
+    };
+    // Writes are reads of a stream, cut anywhere (inside a record, inside a quoted field): each COPY takes the
+    // text up to the last line end outside quotes, whole records, and the rest waits for the next one.
+    const flushWhole = async () => {
+      const text = parts.join('');
+      let quoted = false;
+      let cut = -1;
+      for (let i = 0; i < text.length; i++) {
+        const code = text.charCodeAt(i);
+        if (code === 34) quoted = !quoted; // '"'; an escaped quote ("") toggles twice
+        else if (code === 10 && !quoted) cut = i;
+      }
+      if (cut === -1) return; // one record longer than a blob: wait for its end
+      parts = cut + 1 < text.length ? [text.slice(cut + 1)] : [];
+      bytes = text.length - (cut + 1);
+      await load(text.slice(0, cut + 1));
     };
     return {
       async write(csv) {
         parts.push(csv);
         bytes += csv.length;
-        if (bytes >= COPY_BLOB_BYTES) await flush();
+        if (bytes >= COPY_BLOB_BYTES) await flushWhole();
       },
       async finish() {
-        await flush();
+        // The stream has ended, so what is left is whole records.
+        const text = parts.join('');
+        parts = [];
+        bytes = 0;
+        if (text) await load(text);
         return rows;
       },
       async abort() {
