@@ -300,6 +300,13 @@ export function judgeEpochUnits(job: JobDefinition, medians: Record<string, unkn
   if (problems.length) throw new SyncDataError(`the time columns of view "${job.view}" do not fit their declared units: ${problems.join('; ')}`, { unit_mismatches: problems });
 }
 
+/**
+ * SQL: a time outside years 1 to 9999, which ISO 8601 text (and so the
+ * answer) holds with four digits: Postgres and DuckDB would write a year BC or
+ * past 9999 differently, and the stores would disagree.
+ */
+const outsideYears = (column: string) => `(${column} < TIMESTAMPTZ '0001-01-01 00:00:00+00' OR ${column} >= TIMESTAMPTZ '10000-01-01 00:00:00+00')`;
+
 const literal = (value: string | number | boolean) => (typeof value === 'string' ? sqlString(value) : String(value));
 const shown = (col: string) => `left(CAST(${col} AS VARCHAR), 80)`;
 
@@ -317,6 +324,7 @@ function rejectCase(job: JobDefinition, now: string): string {
     `WHEN event_time IS NULL THEN '${job.eventTime}|the event time is null${job.eventTimeUnit ? ` or not an epoch time in ${UNIT_NAMES[job.eventTimeUnit]}` : ''}'`,
     // Postgres and the hot tier would disagree on an infinite time (and JSON has none).
     `WHEN NOT isfinite(event_time) THEN '${job.eventTime}|the event time is infinite (got ' || ${shown('event_time')} || ')'`,
+    `WHEN ${outsideYears('event_time')} THEN '${job.eventTime}|the event time is outside years 1 to 9999 (got ' || ${shown('event_time')} || ')'`,
     `WHEN event_time > ${sqlString(now)}::TIMESTAMPTZ + INTERVAL 1 DAY THEN '${job.eventTime}|the event time ' || strftime(event_time, ${ISO_UTC_DUCK}) || ' is more than a day in the future'`,
   ];
   if (job.eventTimeUnit) {
@@ -330,7 +338,10 @@ function rejectCase(job: JobDefinition, now: string): string {
     const name = f.name;
     if (!f.nullable) when.push(`WHEN ${live}${col} IS NULL THEN '${name}|is null, and the contract says nullable: false'`);
     if (f.type === 'double') when.push(`WHEN ${live}NOT isfinite(${col}) THEN '${name}|is NaN or infinite, which JSON cannot carry'`);
-    if (f.type === 'timestamp') when.push(`WHEN ${live}NOT isfinite(${col}) THEN '${name}|is an infinite time, which JSON cannot carry (got ' || ${shown(col)} || ')'`);
+    if (f.type === 'timestamp') {
+      when.push(`WHEN ${live}NOT isfinite(${col}) THEN '${name}|is an infinite time, which JSON cannot carry (got ' || ${shown(col)} || ')'`);
+      when.push(`WHEN ${live}${outsideYears(col)} THEN '${name}|is outside years 1 to 9999 (got ' || ${shown(col)} || ')'`);
+    }
     if (f.type === 'integer') when.push(`WHEN ${live}abs(${col}) > ${MAX_SAFE_INTEGER} THEN '${name}|is beyond ±${MAX_SAFE_INTEGER}, which JSON clients cannot read exactly (got ' || ${shown(col)} || ')'`);
     if (f.type === 'string') when.push(`WHEN ${live}contains(${col}, chr(0)) THEN '${name}|contains a NUL character, which Postgres text cannot store'`);
     if (f.unit) when.push(`WHEN ${live}${outsideEpochWindow(col)} THEN '${name}|the epoch time is not between ${EPOCH_WINDOW_TEXT} (got ' || ${shown(col)} || ')'`);
