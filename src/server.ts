@@ -191,6 +191,8 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
+      // Start-up syncs still queued, a late tick or a manual trigger start no run now; runs in progress may finish.
+      runner.stopStarting('the server is shutting down');
       scheduler.stop();
       catalog.stop();
       clearInterval(keyRefresh);

@@ -62,6 +62,8 @@ export class SyncRunner {
   private readonly running = new Map<string, Promise<RunSummary>>();
   private readonly children = new Set<import('node:child_process').ChildProcess>();
   private abandonReason: string | undefined;
+  /** Set at shutdown: no new run starts (start-up syncs still queued, a tick, a manual trigger), runs in progress go on. */
+  private stopReason: string | undefined;
   private readonly jobs: Map<string, JobDefinition>;
 
   constructor(private readonly deps: SyncRunnerDeps) {
@@ -79,9 +81,15 @@ export class SyncRunner {
   async run(view: string, trigger: RunTrigger, options: RunOptions = {}): Promise<RunSummary> {
     const job = this.jobs.get(view);
     if (!job) throw new UnknownJobError(`no sync job "${view}"; jobs: ${[...this.jobs.keys()].join(', ')}`);
-    if (this.running.has(view)) {
-      const reason = 'a run of this job was already in progress in this process';
-      const runId = await recordSkippedRun(this.deps.db, view, trigger, reason, options.scheduledFor);
+    const refused = this.stopReason ?? this.abandonReason;
+    if (refused || this.running.has(view)) {
+      const reason = refused ?? 'a run of this job was already in progress in this process';
+      // At shutdown the database may be closing: the skip is still counted and logged if it cannot be recorded.
+      const runId = await recordSkippedRun(this.deps.db, view, trigger, reason, options.scheduledFor).catch((error: Error) => {
+        if (!refused) throw error;
+        this.deps.log.warn('sync.skip_unrecorded', { job: view, trigger, reason, error });
+        return -1;
+      });
       this.deps.metrics.syncRuns.inc({ sync_job: view, status: 'skipped' });
       return { runId, job: view, status: 'skipped', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: reason, durationMs: 0, details: {} };
     }
@@ -91,6 +99,11 @@ export class SyncRunner {
     this.record(summary);
     if (summary.status === 'succeeded') await this.deps.onPublished(summary);
     return summary;
+  }
+
+  /** From now on no run starts (each is recorded as skipped, with `reason`); runs in progress go on. */
+  stopStarting(reason: string): void {
+    this.stopReason = reason;
   }
 
   /** Stops every run still in progress; what they wrote is never published. */
@@ -131,7 +144,21 @@ export class SyncRunner {
     let runId: number | undefined;
     let summary: RunSummary | undefined;
 
+    let failedToStart = false;
     return new Promise<RunSummary>((resolve) => {
+      // A fork that fails (EAGAIN, EMFILE, ENOMEM: the machine out of processes, files or memory) emits 'error' and
+      // may never emit 'exit': the run fails, naming why, rather than crash the server or hold the job for good.
+      child.once('error', (error: NodeJS.ErrnoException) => {
+        if (child.pid !== undefined) return; // a running child's IPC trouble: its 'exit' settles the run
+        failedToStart = true;
+        clearTimeout(timer);
+        this.children.delete(child);
+        void (host?.release() ?? Promise.resolve()).finally(() => {
+          const message = `the sync process could not be started (${error.code ?? error.message}); is the machine out of processes, file descriptors or memory? Nothing was published`;
+          log.error('sync.run', { job: job.view, status: 'failed', error: message });
+          resolve({ runId: -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: message, durationMs: Date.now() - started, details: {} });
+        });
+      });
       const timer = setTimeout(() => {
         log.error('sync.timeout', { job: job.view, run_id: runId, limit_ms: config.syncTimeoutMs });
         child.kill('SIGKILL');
@@ -143,6 +170,7 @@ export class SyncRunner {
         else if (message.t === 'done') summary = message.summary;
       });
       child.once('exit', (code, signal) => {
+        if (failedToStart) return;
         clearTimeout(timer);
         void (async () => {
           await host?.release();
@@ -168,7 +196,8 @@ export class SyncRunner {
           resolve({ runId: runId ?? -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error, durationMs: Date.now() - started, details: {} });
         })();
       });
-      child.send({ t: 'run', job, trigger, options, config, remote: config.embedded ? { db: db.kind, hot: hot.kind } : undefined } satisfies ChildRequest);
+      // A child that failed to start has no channel; its 'error' settles the run.
+      if (child.connected) child.send({ t: 'run', job, trigger, options, config, remote: config.embedded ? { db: db.kind, hot: hot.kind } : undefined } satisfies ChildRequest);
     });
   }
 }

@@ -14,8 +14,9 @@ import { PostgresDatabase } from '../../src/stores/postgres.js';
 import { RedisHotTier } from '../../src/stores/redis.js';
 import { parseJobDefinition } from '../../src/jobs/definition.js';
 import { runSync } from '../../src/sync/engine.js';
+import { startServer } from '../../src/server.js';
 import { freshDatabase } from '../support/db.js';
-import { tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
+import { serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
 import { freePort, startRedis, type RedisServer } from '../support/servers.js';
 
 describe('shutdown and killed syncs', () => {
@@ -114,4 +115,24 @@ describe('shutdown and killed syncs', () => {
     const loading = await db.query(`SELECT 1 FROM ${META_SCHEMA}.versions WHERE view = 'stopping' AND state = 'loading'`);
     expect(loading).toEqual([]);
   });
+
+  it('shutdown during start-up syncs starts none of the jobs still queued', async () => {
+    const startup = await tempDir('shutdown-startup');
+    const slow = await writeParquet(path.join(startup, 'first.parquet'), rows(400_000));
+    const quick = await writeParquet(path.join(startup, 'second.parquet'), rows(10));
+    await writeJobs(startup, [
+      { view: 'first_job', source: slow, entity_key: 'id', event_time: 't', features: { score: { type: 'double' } } },
+      { view: 'second_job', source: quick, entity_key: 'id', event_time: 't', features: { score: { type: 'double' } } },
+    ]);
+    const server = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: startup, SYNC_ON_START: 'true', SCHEDULER_ENABLED: 'false', SHUTDOWN_GRACE_SECONDS: '0' }));
+    await expect.poll(() => server.runner.isRunning('first_job'), { timeout: 20_000 }).toBe(true);
+    await server.close();
+    await server.startupSyncs;
+    // Before, the second job's run was forked after the shutdown began, outlived the server and stayed 'running'.
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const second = await listRuns(db, 'second_job', 10);
+    expect(second.filter((r) => r.status !== 'skipped')).toEqual([]);
+    // The run in progress was stopped: recorded as failed, or killed before it recorded itself; never left running.
+    expect((await listRuns(db, 'first_job', 10)).filter((r) => r.status === 'running')).toEqual([]);
+  }, 60_000);
 });
