@@ -121,12 +121,15 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const keyRefresh = apiKeys ? setInterval(() => void refreshKeys(), config.catalogRefreshMs).unref() : undefined;
   const slo = new SloTracker(config.slo);
   const tracing = setupTracing({ otlpEndpoint: config.otlpEndpoint, exporter: overrides.spanExporter, serviceName: config.serviceName });
+  // A view with no version yet has no data to be fresh: its age counts from when this process began serving without
+  // it, so FeatureViewStale fires once that outlasts its objective (a first sync that never succeeds), not never.
+  const servingSince = Date.now();
   const metrics = new Metrics({
     views: () =>
-      catalog.list().flatMap((v) =>
+      catalog.list().map((v) =>
         v.current
-          ? [{ view: v.job.view, version: v.current.version, rows: v.current.rowCount, ageSeconds: (Date.now() - (v.current.asOfMs ?? v.current.publishedAt.getTime())) / 1000, objectiveSeconds: v.job.freshnessSeconds }]
-          : [],
+          ? { view: v.job.view, version: v.current.version, rows: v.current.rowCount, ageSeconds: (Date.now() - (v.current.asOfMs ?? v.current.publishedAt.getTime())) / 1000, objectiveSeconds: v.job.freshnessSeconds }
+          : { view: v.job.view, version: 0, rows: 0, ageSeconds: (Date.now() - servingSince) / 1000, objectiveSeconds: v.job.freshnessSeconds },
       ),
   }, config.slo.latencyThresholdMs / 1000);
   // A replica gets a third of the lookup budget, so a frozen one leaves time for the primary.

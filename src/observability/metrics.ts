@@ -116,9 +116,9 @@ export class Metrics {
           for (const view of source.views()) this.set({ view: view.view }, pick(view));
         },
       });
-    gauge('featurestore_view_version', 'Version readers are switched to.', 'min', (v) => v.version);
+    gauge('featurestore_view_version', 'Version readers are switched to (0: none yet).', 'min', (v) => v.version);
     gauge('featurestore_view_rows', 'Entities in the served version.', 'min', (v) => v.rows);
-    gauge('featurestore_view_age_seconds', 'Age of the served data: now minus its as-of time.', 'max', (v) => v.ageSeconds);
+    gauge('featurestore_view_age_seconds', 'Age of the served data: now minus its as-of time (a view with no version yet: the time this process has served without one).', 'max', (v) => v.ageSeconds);
     gauge('featurestore_view_freshness_objective_seconds', 'The view\'s freshness objective.', 'max', (v) => v.objectiveSeconds);
     gauge('featurestore_view_freshness_margin_seconds', 'Seconds until the served data passes its freshness objective (negative: past it).', 'min', (v) => v.objectiveSeconds - v.ageSeconds);
   }

@@ -31,9 +31,14 @@ describe('metrics follow traffic and syncs', () => {
     await database?.drop();
   });
 
-  it('has no view gauges before the first publish, then the version, rows, age and margin', async () => {
+  it('before the first publish reports version 0 and an age counting from start, then the version, rows, age and margin', async () => {
     const before = await scrape();
-    expect(before).not.toMatch(/featurestore_view_version\{view="m"\}/);
+    // No version yet: version 0, and the time served without one as its age, so FeatureViewStale fires if the first
+    // sync never succeeds within the objective.
+    expect(value(before, /featurestore_view_version\{view="m"\}/)).toBe(0);
+    const waiting = value(before, /featurestore_view_age_seconds\{view="m"\}/);
+    expect(waiting).toBeGreaterThanOrEqual(0);
+    expect(waiting).toBeLessThan(120);
     // Every outcome's series is there at 0 before any run, so the first failure is an increase Prometheus sees.
     for (const status of ['succeeded', 'failed', 'skipped']) expect(value(before, new RegExp(`featurestore_sync_runs_total\\{sync_job="m",status="${status}"\\}`))).toBe(0);
     await server.runner.run('m', 'manual');
