@@ -75,7 +75,8 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     throw new ConfigError(`cannot prepare the Postgres schema (is DATABASE_URL right and the server up?): ${(error as Error).message}`);
   }
   const metrics = new Metrics(undefined, config.slo.latencyThresholdMs / 1000);
-  const workers = new Map<Worker, { ready: boolean }>();
+  /** Live workers; `slot` (0 to N-1) names a worker's place, which its replacement takes over (the `process` label). */
+  const workers = new Map<Worker, { ready: boolean; slot: number }>();
   // To booting workers too: one that re-read the catalog before the publish hears of it here.
   const broadcast = (message: ToWorker) => {
     for (const worker of workers.keys()) if (worker.isConnected()) worker.send(message);
@@ -130,8 +131,11 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     // The primary serves no lookups: only its metrics (syncs) count.
     if (what === 'slo') return combineSlo(fromWorkers as SloSnapshot[]);
     if (what === 'latency') return sumBuckets(fromWorkers as LatencyBuckets[]);
-    live.forEach((worker, i) => lastMetrics.set(worker, fromWorkers[i] as Json));
-    return AggregatorRegistry.aggregate([(await metrics.registry.getMetricsAsJSON()) as Json, ...(fromWorkers as Json[]), retired]).metrics();
+    // A worker that answered and then died while the others were asked is in `retired` now, as of the scrape before:
+    // its answer here would count it twice this time and the sums would fall at the next scrape.
+    const answered = live.map((worker, i) => [worker, fromWorkers[i] as Json] as const).filter(([worker]) => workers.has(worker));
+    for (const [worker, data] of answered) lastMetrics.set(worker, data);
+    return AggregatorRegistry.aggregate([(await metrics.registry.getMetricsAsJSON()) as Json, ...answered.map(([, data]) => data), retired]).metrics();
   };
 
   let startFailed: (error: WorkerStartError) => void = () => undefined;
@@ -161,9 +165,9 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
       );
     }
   };
-  const fork = () => {
-    const worker = cluster.fork();
-    workers.set(worker, { ready: false });
+  const fork = (slot: number) => {
+    const worker = cluster.fork({ FS_WORKER_SLOT: String(slot) });
+    workers.set(worker, { ready: false, slot });
   };
   const onExit = (worker: Worker, code: number | null, signal: string | null) => {
     const state = workers.get(worker);
@@ -177,7 +181,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
       return;
     }
     log.error('cluster.worker_died', { worker: worker.id, pid: worker.process.pid, code, signal, message: `replacing it in ${RESPAWN_DELAY_MS} ms` });
-    setTimeout(() => stopping || fork(), RESPAWN_DELAY_MS).unref();
+    if (state) setTimeout(() => stopping || fork(state.slot), RESPAWN_DELAY_MS).unref();
   };
   cluster.on('message', onMessage);
   cluster.on('exit', onExit);
@@ -188,7 +192,7 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     await Promise.all(exits);
   };
 
-  for (let i = 0; i < config.webConcurrency; i++) fork();
+  for (let i = 0; i < config.webConcurrency; i++) fork(i);
   // Syncs need no worker: they start while the workers boot.
   if (config.schedulerEnabled) scheduler.start();
   if (config.syncOnStart) {
@@ -242,7 +246,8 @@ export interface ClusterWorkerHooks {
 export function clusterWorker(log: Logger): ClusterWorkerHooks {
   return {
     attach({ metrics, slo, catalog }, fetch) {
-      const name = `worker-${cluster.worker?.id ?? 0}`;
+      // By slot, which a replacement takes over: the label's values stay N however often workers are replaced.
+      const name = `worker-${process.env.FS_WORKER_SLOT ?? cluster.worker?.id ?? 0}`;
       // Kept per process (a label per worker), so the spread of load over the workers shows.
       const requests = new client.Counter({
         name: 'featurestore_process_requests_total',
