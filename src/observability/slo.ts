@@ -70,7 +70,9 @@ export interface SloReport {
 }
 
 export class SloTracker {
+  /** Minutes the per-minute ring holds: the period or the longest burn window, whichever is longer. */
   private readonly minutes: number;
+  private readonly periodMinutes: number;
   private readonly total: Float64Array;
   private readonly slow: Float64Array;
   private readonly failed: Float64Array;
@@ -85,7 +87,9 @@ export class SloTracker {
     readonly config: SloConfig,
     private readonly now: () => number = Date.now,
   ) {
-    this.minutes = Math.max(1, Math.round(config.windowDays * 1440));
+    this.periodMinutes = Math.max(1, Math.round(config.windowDays * 1440));
+    // The ring holds the longest burn window too, so a period shorter than 3 days does not cut the 3d burn rate.
+    this.minutes = Math.max(this.periodMinutes, ...BURN_WINDOWS.map((w) => w.minutes));
     this.total = new Float64Array(this.minutes);
     this.slow = new Float64Array(this.minutes);
     this.failed = new Float64Array(this.minutes);
@@ -123,7 +127,7 @@ export class SloTracker {
    * processes (see combineSlo), so a cluster of workers reports as one.
    */
   snapshot(): SloSnapshot {
-    const windows: Record<string, Counts> = { period: this.sum(this.minutes) };
+    const windows: Record<string, Counts> = { period: this.sum(this.periodMinutes) };
     for (const { name, minutes } of BURN_WINDOWS) windows[name] = this.sum(minutes);
     return { since: this.since, windows, recent: this.recentCounts(RECENT_SECONDS) };
   }

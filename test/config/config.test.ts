@@ -80,6 +80,16 @@ describe('configuration: URL settings', () => {
   });
 });
 
+describe('configuration: timeouts', () => {
+  it('refuses a Redis timeout that leaves a lookup no time to fall back to Postgres', () => {
+    expect(() => loadConfig({ REDIS_TIMEOUT_MS: '5000', REQUEST_TIMEOUT_MS: '100' })).toThrow(
+      /REDIS_TIMEOUT_MS \(5000\) must be below REQUEST_TIMEOUT_MS \(100\): .*Lower REDIS_TIMEOUT_MS or raise REQUEST_TIMEOUT_MS/,
+    );
+    expect(() => loadConfig({ REDIS_TIMEOUT_MS: '1000' })).toThrow(/must be below REQUEST_TIMEOUT_MS \(1000\)/);
+    expect(loadConfig({ REDIS_TIMEOUT_MS: '900' }).redisTimeoutMs).toBe(900);
+  });
+});
+
 describe('configuration: numbers', () => {
   it('treats blank values as unset', () => {
     expect(loadConfig({ PORT: ' ', SHUTDOWN_GRACE_SECONDS: '\t', SYNC_NICE: ' \n' })).toMatchObject({ port: 8080, shutdownGraceMs: 25_000, syncNice: 10 });

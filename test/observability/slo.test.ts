@@ -45,6 +45,18 @@ describe('SLO tracker', () => {
     expect(slo.report().objectives[0]).toMatchObject({ total: 1, good: 1, compliance: 1 });
   });
 
+  it('keeps the 3d burn rate whole under a compliance window shorter than 3 days', () => {
+    let now = Date.UTC(2026, 0, 1);
+    const slo = new SloTracker({ ...config, windowDays: 1 }, () => now);
+    for (let i = 0; i < 1000; i++) slo.record(1, i < 100);
+    now += 2 * 86_400_000;
+    for (let i = 0; i < 1000; i++) slo.record(1, false);
+    const availability = slo.report().objectives[1]!;
+    // The 1-day period forgot the errors; the 3-day window still holds them: 100 of 2000 against 0.1% allowed.
+    expect(availability).toMatchObject({ total: 1000, good: 1000 });
+    expect(availability.burn_rates['3d']).toBeCloseTo(100 / 2000 / 0.001);
+  });
+
   it('reports several processes combined exactly as one process that saw all their lookups', () => {
     let now = Date.UTC(2026, 0, 1);
     const clock = () => now;
