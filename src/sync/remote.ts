@@ -90,6 +90,8 @@ export class RemoteStores {
 /** Parent side: serves one child's calls against the real stores. */
 export class StoreHost {
   private nextHandle = 1;
+  /** Set once the child is gone (release): what opens after that is undone at once. */
+  private released = false;
   private readonly transactions = new Map<number, { tx: Queryable; end(commit: boolean): void; done: Promise<unknown> }>();
   private readonly copies = new Map<number, CopyStream>();
   private readonly locks = new Map<string, { release(): void; done: Promise<unknown> }>();
@@ -126,7 +128,12 @@ export class StoreHost {
       }
       case 'copy.open': {
         const handle = this.nextHandle++;
-        this.copies.set(handle, await this.db.openCopy(a[0] as string, a[1] as string[]));
+        const copy = await this.db.openCopy(a[0] as string, a[1] as string[]);
+        if (this.released) {
+          await copy.abort(new Error('sync process exited'));
+          throw new Error('the sync process exited');
+        }
+        this.copies.set(handle, copy);
         return handle;
       }
       case 'copy.write':
@@ -180,6 +187,12 @@ export class StoreHost {
       });
     // The callback may run before `done` exists, so the entry is made here, once both do.
     return Promise.race([open, done.then(() => Promise.reject(new Error('transaction ended before it began')))]).then((tx) => {
+      // Opened only after the child was gone (it waited for the one session): rolled back at once, or it would hold
+      // the session, and every query of the server, for good.
+      if (this.released) {
+        end(false);
+        throw new Error('the sync process exited');
+      }
       this.transactions.set(handle, { tx, end, done });
       return handle;
     });
@@ -195,13 +208,18 @@ export class StoreHost {
       await held;
     });
     return Promise.race([gotLock, done.then((result) => result.acquired)]).then((ok) => {
+      if (ok && this.released) {
+        release();
+        return false;
+      }
       if (ok) this.locks.set(key, { release, done });
       return ok;
     });
   }
 
-  /** The child is gone: undo whatever it left open. */
+  /** The child is gone: undo whatever it left open, and whatever it asked for that opens later. */
   async release(): Promise<void> {
+    this.released = true;
     for (const copy of this.copies.values()) await copy.abort(new Error('sync process exited')).catch(() => undefined);
     this.copies.clear();
     for (const tx of this.transactions.values()) tx.end(false);

@@ -1,7 +1,9 @@
 // The embedded store's COPY: the sync hands it a CSV stream in reads cut
 // anywhere, and it loads it in bounded blobs, each of whole records.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MemoryHotTier } from '../../src/stores/memory.js';
 import { PgliteDatabase } from '../../src/stores/pglite.js';
+import { StoreHost } from '../../src/sync/remote.js';
 
 describe('embedded Postgres (PGlite) COPY', () => {
   let db: PgliteDatabase;
@@ -30,4 +32,25 @@ describe('embedded Postgres (PGlite) COPY', () => {
     const [last] = await db.query<{ id: string; note: string }>(`SELECT id, note FROM copied WHERE id = 'k149990'`);
     expect(last).toEqual({ id: 'k149990', note: `a, "quoted"\nnote 149990 ${'x'.repeat(40)}` });
   });
+});
+
+describe('embedded store host (a sync child reaching PGlite over IPC)', () => {
+  it('rolls back a transaction that opens only after its sync process is gone, so the one session stays free', async () => {
+    const db = await PgliteDatabase.open();
+    const host = new StoreHost(db, new MemoryHotTier());
+    try {
+      const call = (id: number, op: string, ...args: unknown[]) => host.handle({ t: 'call', id, op, args });
+      const first = await call(1, 'tx.begin');
+      expect(first).toMatchObject({ ok: true });
+      // The child asks for a second transaction, which waits for the session; then the child dies.
+      const second = call(2, 'tx.begin');
+      await host.release();
+      expect(await second).toMatchObject({ ok: false, error: { message: 'the sync process exited' } });
+      // Before, that transaction opened after the release and held the session: this query never answered.
+      const answer = await Promise.race([db.query<{ one: number }>('SELECT 1 AS one'), new Promise((resolve) => setTimeout(() => resolve('blocked'), 3000))]);
+      expect(answer).toEqual([{ one: 1 }]);
+    } finally {
+      await db.close();
+    }
+  }, 15_000);
 });
