@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { FeatureType, JobDefinition } from '../jobs/definition.js';
-import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stores/database.js';
+import { quoteIdent, type Database, type Queryable } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
 import { asBuffer, HotRowEncoder } from '../stores/hot-value.js';
@@ -464,10 +464,15 @@ async function mergeDelta(
     judgeCarriedRows(job, broken);
     if (changes === 0 && !contractChanged) return { changes, rows, asOf: after!.as_of, counts };
     let hotRows = 0;
-    await forEachBatch(db, hotValuesFromPostgresSql(table, job.features), ctx.batchRows, async (batch) => {
+    const page = hotValuesFromPostgresSql(table, job.features, ctx.batchRows);
+    // Ids are never empty, so '' is before the first.
+    for (let after = ''; ; ) {
+      const batch = await db.query<unknown[]>(page, [after], { rowMode: 'array' });
+      if (batch.length === 0) break;
       await hot.set(batch.map((row) => [hotKey(job.view, version, row[0] as string), asBuffer(row[1] as Uint8Array)] as const));
       hotRows += batch.length;
-    });
+      after = batch.at(-1)![0] as string;
+    }
     if (hotRows !== rows) throw new Error(`the hot tier received ${hotRows} of ${rows} rows; nothing was published`);
     return { changes, rows, asOf: after!.as_of, counts };
   } finally {

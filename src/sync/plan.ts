@@ -551,8 +551,14 @@ export function mergeSql(table: string, delta: string, features: readonly Featur
   };
 }
 
-/** Rows of a version table as (entity id, hot-tier value), encoded by Postgres byte for byte as the sync encodes them. */
-export function hotValuesFromPostgresSql(table: string, features: readonly { readonly name: string; readonly type: FeatureType }[]): string {
+/**
+ * Up to `limit` rows of a version table after entity id $1, in id order, as
+ * (entity id, hot-tier value), encoded by Postgres byte for byte as the sync
+ * encodes them. Read page by page on the primary key, each page its own
+ * query: no transaction stays open between pages (the embedded store has one
+ * session, which would hold every lookup back meanwhile).
+ */
+export function hotValuesFromPostgresSql(table: string, features: readonly { readonly name: string; readonly type: FeatureType }[], limit: number): string {
   const value = hotValuePostgresSql([{ sql: 'event_time', type: 'timestamp' }, ...features.map((f) => ({ sql: quoteIdent(f.name), type: f.type }))], isoTimeSql);
-  return `SELECT entity_id, ${value} FROM ${table}`;
+  return `SELECT entity_id, ${value} FROM ${table} WHERE entity_id > $1 ORDER BY entity_id LIMIT ${Math.max(1, Math.floor(limit))}`;
 }
