@@ -180,7 +180,13 @@ export class SyncRunner {
             this.abandonReason ?? (timedOut ? `the run exceeded SYNC_TIMEOUT_SECONDS (${config.syncTimeoutMs / 1000} s) and was stopped` : `the sync process exited (${signal ?? `code ${code}`}) before finishing`);
           let error = `${died}; nothing of it was published`;
           // The child's lock died with it (or with its connection); close its run record here.
-          const closedHere = runId === undefined || (await finishRun(db, runId, { status: 'failed', error }).catch(() => true));
+          const closedHere =
+            runId === undefined ||
+            (await finishRun(db, runId, { status: 'failed', error }).catch((recordError: Error) => {
+              // Often why the child died: Postgres is away. The record stays 'running' until the job's next run closes it as abandoned.
+              log.error('sync.record_failed', { job: job.view, run_id: runId, error: recordError, message: `run ${runId} could not be recorded as failed; the next run of ${job.view} closes it as abandoned` });
+              return true;
+            }));
           // Already closed: the child published (then died reclaiming older versions, say) or recorded its failure
           // before it died. Its record says what happened, not this guess.
           const record = closedHere ? undefined : await getRun(db, runId!).catch(() => undefined);
