@@ -224,6 +224,8 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
     close: () =>
       (closing ??= (async () => {
         stopping = true;
+        // A tick already under way or a trigger starts no run now; runs in progress may finish.
+        runner.stopStarting('the server is shutting down');
         scheduler.stop();
         // Workers finish their requests in progress and exit; meanwhile a running sync gets its grace.
         const workersDone = stopWorkers();

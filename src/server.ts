@@ -2,7 +2,7 @@
 // With WEB_CONCURRENCY > 1 (servers), main() runs a cluster (src/cluster.ts).
 import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
-import { maxHeaderSize, Server as HttpServer } from 'node:http';
+import { maxHeaderSize } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pathToFileURL } from 'node:url';
@@ -157,13 +157,12 @@ export async function startServer(config: Config, log: Logger = createLogger(con
 
   const server: ServerType = await new Promise((resolve, reject) => {
     const fetch = overrides.cluster ? overrides.cluster.attach({ metrics, slo, catalog }, app.fetch) : app.fetch;
-    const s = serve({ fetch, port: config.port, hostname: config.host }, () => resolve(s));
-    // A request must arrive whole within 30 s (Node's default is 5 minutes): a client that stalls its headers or
-    // body gets a 408 and its connection closed, rather than holding it for minutes.
-    if (s instanceof HttpServer) {
-      s.headersTimeout = 20_000;
-      s.requestTimeout = 30_000;
-    }
+    // A request must arrive whole within 30 s (Node's default is 5 minutes; checked every 5 s, not 30): a client that
+    // stalls its headers or body gets a 408 and its connection closed, rather than holding it for minutes.
+    const s = serve(
+      { fetch, port: config.port, hostname: config.host, serverOptions: { headersTimeout: 20_000, requestTimeout: 30_000, connectionsCheckingInterval: 5_000 } },
+      () => resolve(s),
+    );
     // What Node's parser refuses (oversized headers, malformed requests) is answered as a problem too, not
     // with Node's bare status line. As Node does itself, nothing is written to a socket that is gone or
     // already carries a response.
@@ -174,6 +173,8 @@ export async function startServer(config: Config, log: Logger = createLogger(con
         return;
       }
       socket.end(clientErrorResponse(error, maxHeaderSize));
+      // A client that stalled past the request timeout may never close its end: as Node does itself, close ours.
+      if (error.code === 'ERR_HTTP_REQUEST_TIMEOUT') socket.destroy();
     });
     s.once('error', (error: NodeJS.ErrnoException) => {
       catalog.stop();

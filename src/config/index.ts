@@ -206,7 +206,7 @@ export function loadConfig(env: Record<string, string | undefined>, cwd = proces
     throw new ConfigError(`invalid environment:\n${lines.join('\n')}`);
   }
   const e = parsed.data;
-  if (e.REDIS_TIMEOUT_MS >= e.REQUEST_TIMEOUT_MS) {
+  if ((e.REDIS_URL || e.REDIS_CLUSTER_NODES) && e.REDIS_TIMEOUT_MS >= e.REQUEST_TIMEOUT_MS) {
     throw new ConfigError(
       `REDIS_TIMEOUT_MS (${e.REDIS_TIMEOUT_MS}) must be below REQUEST_TIMEOUT_MS (${e.REQUEST_TIMEOUT_MS}): a lookup that Redis does not answer is answered from Postgres within the same budget, which must leave time for it. Lower REDIS_TIMEOUT_MS or raise REQUEST_TIMEOUT_MS`,
     );

@@ -132,11 +132,22 @@ export class SyncRunner {
     const { config, db, hot, log } = this.deps;
     const started = Date.now();
     const entry = childEntry();
-    const child = fork(entry.path, [], {
-      execArgv: [...entry.execArgv, ...syncNodeFlags(config.syncHeapMb)],
-      serialization: 'advanced',
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
+    const cannotStart = (error: NodeJS.ErrnoException): RunSummary => {
+      const message = `the sync process could not be started (${error.code ?? error.message}); is the machine out of processes, file descriptors or memory? Nothing was published`;
+      log.error('sync.run', { job: job.view, status: 'failed', error: message });
+      return { runId: -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: message, durationMs: Date.now() - started, details: {} };
+    };
+    let child: import('node:child_process').ChildProcess;
+    try {
+      child = fork(entry.path, [], {
+        execArgv: [...entry.execArgv, ...syncNodeFlags(config.syncHeapMb)],
+        serialization: 'advanced',
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      });
+    } catch (error) {
+      // Some failures (ENOMEM) throw here rather than arrive as 'error'.
+      return Promise.resolve(cannotStart(error as NodeJS.ErrnoException));
+    }
     lowerPriority(child.pid, config.syncNice, log);
     this.children.add(child);
     child.once('exit', () => this.children.delete(child));
@@ -148,16 +159,13 @@ export class SyncRunner {
     return new Promise<RunSummary>((resolve) => {
       // A fork that fails (EAGAIN, EMFILE, ENOMEM: the machine out of processes, files or memory) emits 'error' and
       // may never emit 'exit': the run fails, naming why, rather than crash the server or hold the job for good.
-      child.once('error', (error: NodeJS.ErrnoException) => {
-        if (child.pid !== undefined) return; // a running child's IPC trouble: its 'exit' settles the run
+      // 'on', not 'once': a failed spawn may report more than one error (its IPC channel too).
+      child.on('error', (error: NodeJS.ErrnoException) => {
+        if (child.pid !== undefined || failedToStart) return; // a running child's IPC trouble: its 'exit' settles the run
         failedToStart = true;
         clearTimeout(timer);
         this.children.delete(child);
-        void (host?.release() ?? Promise.resolve()).finally(() => {
-          const message = `the sync process could not be started (${error.code ?? error.message}); is the machine out of processes, file descriptors or memory? Nothing was published`;
-          log.error('sync.run', { job: job.view, status: 'failed', error: message });
-          resolve({ runId: -1, job: job.view, status: 'failed', version: null, rowsRead: 0, rowsWritten: 0, watermark: null, error: message, durationMs: Date.now() - started, details: {} });
-        });
+        void (host?.release() ?? Promise.resolve()).finally(() => resolve(cannotStart(error)));
       });
       const timer = setTimeout(() => {
         log.error('sync.timeout', { job: job.view, run_id: runId, limit_ms: config.syncTimeoutMs });
@@ -203,7 +211,7 @@ export class SyncRunner {
         })();
       });
       // A child that failed to start has no channel; its 'error' settles the run.
-      if (child.connected) child.send({ t: 'run', job, trigger, options, config, remote: config.embedded ? { db: db.kind, hot: hot.kind } : undefined } satisfies ChildRequest);
+      if (child.pid !== undefined && child.connected) child.send({ t: 'run', job, trigger, options, config, remote: config.embedded ? { db: db.kind, hot: hot.kind } : undefined } satisfies ChildRequest);
     });
   }
 }

@@ -172,6 +172,27 @@ describe('faults and overload', () => {
     }
   });
 
+  it('a request whose body stalls gets a 408 within about 30 s, and its connection is closed', async () => {
+    const { connect } = await import('node:net');
+    const started = performance.now();
+    const answer = await new Promise<string>((resolve, reject) => {
+      let received = '';
+      const socket = connect(Number(new URL(baseUrl).port), '127.0.0.1', () => {
+        socket.write(`POST /features/v1/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"view":`);
+      });
+      socket.setEncoding('utf8');
+      socket.on('data', (chunk: string) => (received += chunk));
+      // Closed by the server: this end never closes its side.
+      socket.on('close', () => resolve(received));
+      socket.on('error', reject);
+    });
+    const seconds = (performance.now() - started) / 1000;
+    expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+    expect(answer).toContain('urn:feature-serving:problem:request-timeout');
+    expect(seconds).toBeGreaterThanOrEqual(29);
+    expect(seconds).toBeLessThan(40);
+  }, 60_000);
+
   it('overload: requests past the in-flight limit get an immediate 503, admitted ones stay within the budget', async () => {
     // Postgres frozen makes every miss hold its slot for the whole budget: a flood fills the 16 slots.
     await fetch(`${baseUrl}/features/v1/k1?view=faults`);
