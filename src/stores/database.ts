@@ -42,3 +42,20 @@ export function quoteIdent(name: string): string {
   return `"${name.replaceAll('"', '""')}"`;
 }
 
+/**
+ * Reads a query's rows in batches through a cursor (rows as arrays), so a
+ * table of any size passes through bounded memory. It holds a transaction
+ * open throughout: not for the embedded store, whose one session would hold
+ * every other query back meanwhile.
+ */
+export async function forEachBatch(db: Database, sql: string, batchRows: number, fn: (rows: unknown[][]) => Promise<void>): Promise<void> {
+  await db.transaction(async (tx) => {
+    await tx.query(`DECLARE featurestore_batches NO SCROLL CURSOR FOR ${sql}`);
+    for (;;) {
+      const rows = await tx.query<unknown[]>(`FETCH ${Math.floor(batchRows)} FROM featurestore_batches`, [], { rowMode: 'array' });
+      if (rows.length === 0) break;
+      await fn(rows);
+    }
+  });
+}
+

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import type { FeatureType, JobDefinition } from '../jobs/definition.js';
-import { quoteIdent, type Database, type Queryable } from '../stores/database.js';
+import { forEachBatch, quoteIdent, type Database, type Queryable } from '../stores/database.js';
 import type { HotTier } from '../stores/hot-tier.js';
 import { hotKey, hotKeyPrefix } from '../stores/hot-tier.js';
 import { asBuffer, HotRowEncoder } from '../stores/hot-value.js';
@@ -240,9 +240,11 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
       if (featuresChanged) details.features_changed = true;
       // Rules tightened since the published version are checked on every entity the version carries over; if they
       // hold, the version is published so that it records them (and the next run need not check again).
+      // Rules of a version that recorded none (loaded by an older release) are checked, but publish nothing by themselves.
       const tightened = tightenedRules(previous.features, job);
-      if (tightened.length) details.rules_tightened = [...new Set(tightened.map((r) => `${r.feature}: ${r.reason}`))];
-      const contractChanged = featuresChanged || tightened.length > 0;
+      const known = tightened.filter((r) => !r.unknown);
+      if (known.length) details.rules_tightened = [...new Set(known.map((r) => `${r.feature}: ${r.reason}`))];
+      const contractChanged = featuresChanged || known.length > 0;
       const merged = await mergeDelta(conn, job, previous, version, table, ctx, stats, contractChanged, tightened);
       Object.assign(details, merged.counts);
       phase('merge');
@@ -456,23 +458,29 @@ async function mergeDelta(
     const counts = { inserted, updated, deleted, unchanged: stats.entities - changes };
     const broken = [];
     for (const rule of tightened) {
-      const [found] = await db.query<{ count: number; example: string | null; value: string | null }>(
-        `SELECT count(*) AS count, min(entity_id) AS example, (array_agg(${quoteIdent(rule.feature)}::text ORDER BY entity_id))[1] AS value FROM ${table} WHERE ${rule.broken}`,
-      );
-      if (Number(found!.count)) broken.push({ feature: rule.feature, reason: rule.reason, count: Number(found!.count), example: found!.example!, value: found!.value });
+      const [found] = await db.query<{ count: number }>(`SELECT count(*) AS count FROM ${table} WHERE ${rule.broken}`);
+      if (!Number(found!.count)) continue;
+      const [example] = await db.query<{ entity_id: string; value: string | null }>(`SELECT entity_id, ${quoteIdent(rule.feature)}::text AS value FROM ${table} WHERE ${rule.broken} ORDER BY entity_id LIMIT 1`);
+      broken.push({ feature: rule.feature, reason: rule.reason, count: Number(found!.count), example: example!.entity_id, value: example!.value });
     }
     judgeCarriedRows(job, broken);
     if (changes === 0 && !contractChanged) return { changes, rows, asOf: after!.as_of, counts };
     let hotRows = 0;
-    const page = hotValuesFromPostgresSql(table, job.features, ctx.batchRows);
-    // Ids are never empty, so '' is before the first.
-    for (let after = ''; ; ) {
-      const batch = await db.query<unknown[]>(page, [after], { rowMode: 'array' });
-      if (batch.length === 0) break;
+    const load = async (batch: unknown[][]) => {
       await hot.set(batch.map((row) => [hotKey(job.view, version, row[0] as string), asBuffer(row[1] as Uint8Array)] as const));
       hotRows += batch.length;
-      after = batch.at(-1)![0] as string;
-    }
+    };
+    if (db.kind === 'pglite') {
+      // Page by page, each its own query: a cursor's transaction would hold the embedded store's one session (and every
+      // lookup that misses the hot tier) for the whole reload. Ids are never empty, so '' is before the first.
+      const page = hotValuesFromPostgresSql(table, job.features, ctx.batchRows);
+      for (let after = ''; ; ) {
+        const batch = await db.query<unknown[]>(page, [after], { rowMode: 'array' });
+        if (batch.length === 0) break;
+        await load(batch);
+        after = batch.at(-1)![0] as string;
+      }
+    } else await forEachBatch(db, hotValuesFromPostgresSql(table, job.features), ctx.batchRows, load);
     if (hotRows !== rows) throw new Error(`the hot tier received ${hotRows} of ${rows} rows; nothing was published`);
     return { changes, rows, asOf: after!.as_of, counts };
   } finally {

@@ -171,23 +171,24 @@ export function recordedFeatures(job: JobDefinition): string {
 /**
  * Rules the job declares now that the published version's values were not
  * held to (a feature made non-null, a min raised, a max lowered, a value no
- * longer allowed; any rule, for a version that recorded none): an incremental
- * run carries over the entities it does not read, so their stored values must
- * be checked against these. Each is a Postgres condition a breaking row meets.
+ * longer allowed; any rule, for a version that recorded none, `unknown`): an
+ * incremental run carries over the entities it does not read, so their stored
+ * values must be checked against these. Each is a Postgres condition a
+ * breaking row meets.
  */
-export function tightenedRules(published: readonly RecordedRules[], job: JobDefinition): { feature: string; broken: string; reason: string }[] {
+export function tightenedRules(published: readonly RecordedRules[], job: JobDefinition): { feature: string; broken: string; reason: string; unknown: boolean }[] {
   const before = new Map(published.map((f) => [f.name, f]));
-  const rules: { feature: string; broken: string; reason: string }[] = [];
+  const rules: { feature: string; broken: string; reason: string; unknown: boolean }[] = [];
   for (const f of job.features) {
     const old = before.get(f.name);
     if (!old) continue;
     const known = old.nullable !== undefined;
     const col = quoteIdent(f.name);
-    if (!f.nullable && (!known || old.nullable)) rules.push({ feature: f.name, broken: `${col} IS NULL`, reason: 'is null, and the contract now says nullable: false' });
-    if (f.min !== undefined && (!known || old.min === undefined || f.min > old.min)) rules.push({ feature: f.name, broken: `${col} < ${f.min}`, reason: `is below the minimum ${f.min}` });
-    if (f.max !== undefined && (!known || old.max === undefined || f.max < old.max)) rules.push({ feature: f.name, broken: `${col} > ${f.max}`, reason: `is above the maximum ${f.max}` });
+    if (!f.nullable && (!known || old.nullable)) rules.push({ unknown: !known, feature: f.name, broken: `${col} IS NULL`, reason: 'is null, and the contract now says nullable: false' });
+    if (f.min !== undefined && (!known || old.min === undefined || f.min > old.min)) rules.push({ unknown: !known, feature: f.name, broken: `${col} < ${f.min}`, reason: `is below the minimum ${f.min}` });
+    if (f.max !== undefined && (!known || old.max === undefined || f.max < old.max)) rules.push({ unknown: !known, feature: f.name, broken: `${col} > ${f.max}`, reason: `is above the maximum ${f.max}` });
     if (f.allowed && (!known || !old.allowed || old.allowed.some((v) => !f.allowed!.includes(v)))) {
-      rules.push({ feature: f.name, broken: `${col} NOT IN (${f.allowed.map(literal).join(', ')})`, reason: 'is not an allowed value' });
+      rules.push({ unknown: !known, feature: f.name, broken: `${col} NOT IN (${f.allowed.map(literal).join(', ')})`, reason: 'is not an allowed value' });
     }
   }
   return rules;
@@ -198,7 +199,7 @@ export function judgeCarriedRows(job: JobDefinition, broken: { feature: string; 
   if (!broken.length) return;
   const problems = broken.map((b) => `${b.count} × ${b.feature}: ${b.reason} (e.g. entity ${b.example}: ${b.value ?? 'null'})`);
   throw new SyncDataError(
-    `stored entities of view "${job.view}" break rules its definition tightened since the published version: ${problems.join('; ')}. An incremental run keeps the entities it does not read as they are: correct them at the source and backfill (npm run ctl -- backfill ${job.view} --from <instant>), or keep the old rule`,
+    `stored entities of view "${job.view}" break rules its definition tightened since the published version: ${problems.join('; ')}. An incremental run keeps the entities it does not read as they are: send corrected rows with a newer event time (a row of the same event time replaces the stored one only if its values are greater, as duplicates resolve; rows older than the next run's window need npm run ctl -- backfill ${job.view} --from <instant>), or keep the old rule`,
     { carried_rule_breaks: problems },
   );
 }
@@ -552,13 +553,14 @@ export function mergeSql(table: string, delta: string, features: readonly Featur
 }
 
 /**
- * Up to `limit` rows of a version table after entity id $1, in id order, as
- * (entity id, hot-tier value), encoded by Postgres byte for byte as the sync
- * encodes them. Read page by page on the primary key, each page its own
- * query: no transaction stays open between pages (the embedded store has one
- * session, which would hold every lookup back meanwhile).
+ * Rows of a version table as (entity id, hot-tier value), encoded by Postgres
+ * byte for byte as the sync encodes them. With `page`, up to that many rows
+ * after entity id $1, in id order: the embedded store reads it page by page,
+ * each page its own query, so no transaction holds its one session between
+ * pages (every lookup would wait meanwhile).
  */
-export function hotValuesFromPostgresSql(table: string, features: readonly { readonly name: string; readonly type: FeatureType }[], limit: number): string {
+export function hotValuesFromPostgresSql(table: string, features: readonly { readonly name: string; readonly type: FeatureType }[], page?: number): string {
   const value = hotValuePostgresSql([{ sql: 'event_time', type: 'timestamp' }, ...features.map((f) => ({ sql: quoteIdent(f.name), type: f.type }))], isoTimeSql);
-  return `SELECT entity_id, ${value} FROM ${table} WHERE entity_id > $1 ORDER BY entity_id LIMIT ${Math.max(1, Math.floor(limit))}`;
+  const rows = `SELECT entity_id, ${value} FROM ${table}`;
+  return page === undefined ? rows : `${rows} WHERE entity_id > $1 ORDER BY entity_id LIMIT ${Math.max(1, Math.floor(page))}`;
 }

@@ -348,7 +348,7 @@ describe('sync contracts, rejects, duplicates, guards and versions', () => {
       const strict = await sync(ruled({ nullable: false, min: 0.5 }), rows(a, b, `('a', TIMESTAMP '2026-02-01 11:00', 2.0)`));
       expect(strict.summary.status).toBe('failed');
       expect(strict.summary.error).toMatch(
-        /stored entities of view "c_inc_rules" break rules its definition tightened since the published version: 1 × score: is null, and the contract now says nullable: false \(e\.g\. entity b: null\)\. .*correct them at the source and backfill \(npm run ctl -- backfill c_inc_rules --from <instant>\), or keep the old rule/,
+        /stored entities of view "c_inc_rules" break rules its definition tightened since the published version: 1 × score: is null, and the contract now says nullable: false \(e\.g\. entity b: null\)\. .*send corrected rows with a newer event time .*npm run ctl -- backfill c_inc_rules --from <instant>\), or keep the old rule/,
       );
       expect(await served('c_inc_rules', ['a', 'b'])).toEqual({ version: 1, rows: [{ score: 1 }, { score: null }] });
       // Corrected at the source and backfilled: the rules hold, and the version that records them is published.

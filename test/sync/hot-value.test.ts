@@ -114,7 +114,7 @@ describe('hot-tier values', () => {
     await loadPostgres();
     const sync = await fromSync();
     const expected = await served();
-    const fromPostgres = new Map((await db.query<unknown[]>(hotValuesFromPostgresSql('v', FEATURES, 1_000_000), [''], { rowMode: 'array' })).map((row) => [row[0] as string, row[1] as Buffer]));
+    const fromPostgres = new Map((await db.query<unknown[]>(hotValuesFromPostgresSql('v', FEATURES), [], { rowMode: 'array' })).map((row) => [row[0] as string, row[1] as Buffer]));
     expect(sync.size).toBe(ROWS);
     for (const [id, row] of expected) {
       const value = sync.get(id)!;
