@@ -158,8 +158,8 @@ export function createApp(deps: AppDeps): Hono {
     app.use('/sync/v1/*', authenticate);
   }
 
-  // Load shedding: past the limit, refuse at once so admitted requests keep their latency. A request with a body
-  // (a batch) is admitted only once its body has arrived (the route calls `admit`): a client that sends its
+  // Load shedding: past the limit, refuse at once so admitted requests keep their latency. A request that may carry a
+  // body (a batch) is admitted only once its body has arrived (the route calls `admit`): a client that sends its
   // headers and then stalls the body holds a connection, never a slot that lookups need.
   let inFlight = 0;
   const maxInFlight = deps.maxInFlight ?? 512;
@@ -175,7 +175,10 @@ export function createApp(deps: AppDeps): Hono {
     }
   };
   const shed = async (c: Context, next: Next) => {
-    if (!c.req.raw.body) return admitted(next);
+    // By method, not by looking at the body: reading `c.req.raw.body` makes the Node adapter build a whole Request
+    // per lookup (the full benchmark run showed single lookups at about half their rate).
+    const method = c.req.method;
+    if (method === 'GET' || method === 'HEAD') return admitted(next);
     c.set('admit', admitted);
     await next();
   };
