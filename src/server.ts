@@ -152,7 +152,9 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const scheduler = new Scheduler(jobs, runner, log);
   const openapiYaml = await readFile(new URL('../openapi.yaml', import.meta.url), 'utf8');
   // Buckets live in Redis when there is one, so all processes share them.
-  const rateLimiter = apiKeys ? new RateLimiter(redisClientOf(hot), config.redisRetryAfterMs) : undefined;
+  const onRateLimitRedisError = (error: Error) =>
+    log.warn('rate_limit.redis_failed', { error, message: `per-key rate limits are kept in each process for ${config.redisRetryAfterMs} ms (REDIS_RETRY_AFTER_MS), then Redis is tried again` });
+  const rateLimiter = apiKeys ? new RateLimiter(redisClientOf(hot), config.redisRetryAfterMs, onRateLimitRedisError) : undefined;
   const app = createApp({ catalog, reader, replicas, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
   const server: ServerType = await new Promise((resolve, reject) => {

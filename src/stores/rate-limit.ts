@@ -57,6 +57,8 @@ export class RateLimiter {
     private readonly redis: Redis | Cluster | undefined,
     /** How long a Redis failure (a timeout, a lost connection) sends every request to the local buckets (REDIS_RETRY_AFTER_MS). */
     private readonly retryAfterMs = 1000,
+    /** Told each time a Redis failure moves the buckets into this process (at most once per `retryAfterMs`). */
+    private readonly onRedisError: (error: Error) => void = () => undefined,
   ) {}
 
   async take(keyId: string, limit: RateLimit): Promise<RateDecision> {
@@ -69,9 +71,10 @@ export class RateLimiter {
         const [allowed, tokens] = (await this.redis.eval(TAKE, 1, `fs:ratelimit:${keyId}`, limit.perSecond, limit.burst)) as [number, string];
         if (trial) this.skipRedisUntil = 0;
         return decide(allowed === 1, Number(tokens), limit);
-      } catch {
-        // Fall through to this process's own bucket.
+      } catch (error) {
+        // Fall through to this process's own bucket, and say so: limits then hold per process, not across them.
         this.skipRedisUntil = Date.now() + this.retryAfterMs;
+        this.onRedisError(error as Error);
       }
     }
     return this.takeLocal(keyId, limit);

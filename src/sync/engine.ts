@@ -41,6 +41,7 @@ import {
   tightenedRules,
   judgeCarriedRows,
   type RecordedRules,
+  type TightenedRule,
   LIVE_ENTITIES_SQL,
   DROP_ROW_CHECKS_SQL,
   sqlString,
@@ -380,12 +381,12 @@ async function describeSource(conn: DuckDBConnection, job: JobDefinition): Promi
   return reader.getRowObjectsJS().map((row) => ({ name: String(row.column_name), type: String(row.column_type) }));
 }
 
-/** The version readers are on now, with what the run compares against. */
 /** The same features, names and types, in the same order. */
 function sameFeatures(published: readonly { name: string; type: FeatureType }[], now: readonly { name: string; type: FeatureType }[]): boolean {
   return published.length === now.length && published.every((f, i) => f.name === now[i]!.name && f.type === now[i]!.type);
 }
 
+/** The version readers are on now, with what the run compares against. */
 interface CurrentVersion {
   readonly version: number;
   readonly rows: number;
@@ -425,7 +426,7 @@ async function mergeDelta(
   ctx: SyncContext,
   stats: RunStats,
   contractChanged: boolean,
-  tightened: readonly { feature: string; broken: string; reason: string }[],
+  tightened: readonly TightenedRule[],
 ): Promise<{ changes: number; rows: number; asOf: string | null; counts: Record<string, number> }> {
   const { db, hot } = ctx;
   const kept = previous.features.map((f) => quoteIdent(f.name)).join(', ');
@@ -711,6 +712,11 @@ export async function reclaimOldVersions(view: string, db: Database, hot: HotTie
       ORDER BY ver.version`,
     [view],
   );
+  return discardVersions(view, rows, db, hot);
+}
+
+/** Discards each of the versions in turn, saying what each freed. */
+async function discardVersions(view: string, rows: readonly { version: number }[], db: Database, hot: HotTier): Promise<ReclaimedVersion[]> {
   const reclaimed: ReclaimedVersion[] = [];
   for (const { version } of rows) reclaimed.push({ version: Number(version), hot_keys: await discardVersion(view, Number(version), db, hot) });
   return reclaimed;
@@ -727,9 +733,7 @@ export async function dropView(view: string, db: Database, hot: HotTier): Promis
     const rows = await db.query<{ version: number }>(`SELECT version FROM ${META_SCHEMA}.versions WHERE view = $1 AND state <> 'dropped' ORDER BY version`, [view]);
     // Readers first: once the row is gone no process serves the view, whatever is dropped next.
     await db.query(`DELETE FROM ${META_SCHEMA}.views WHERE view = $1`, [view]);
-    const dropped: ReclaimedVersion[] = [];
-    for (const { version } of rows) dropped.push({ version: Number(version), hot_keys: await discardVersion(view, Number(version), db, hot) });
-    return dropped;
+    return discardVersions(view, rows, db, hot);
   });
   return locked.acquired ? locked.value : undefined;
 }
@@ -743,7 +747,5 @@ async function reclaimDeadRuns(view: string, db: Database, hot: HotTier): Promis
     [view],
   );
   const rows = await db.query<{ version: number }>(`SELECT version FROM ${META_SCHEMA}.versions WHERE view = $1 AND state = 'loading'`, [view]);
-  const reclaimed: ReclaimedVersion[] = [];
-  for (const { version } of rows) reclaimed.push({ version: Number(version), hot_keys: await discardVersion(view, Number(version), db, hot) });
-  return reclaimed;
+  return discardVersions(view, rows, db, hot);
 }

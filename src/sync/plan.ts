@@ -176,20 +176,28 @@ export function recordedFeatures(job: JobDefinition): string {
  * values must be checked against these. Each is a Postgres condition a
  * breaking row meets.
  */
-export function tightenedRules(published: readonly RecordedRules[], job: JobDefinition): { feature: string; broken: string; reason: string; unknown: boolean }[] {
+export interface TightenedRule {
+  readonly feature: string;
+  /** Postgres condition a row breaking the rule meets. */
+  readonly broken: string;
+  readonly reason: string;
+  /** The published version recorded no rules, so this one may not be new. */
+  readonly unknown: boolean;
+}
+
+export function tightenedRules(published: readonly RecordedRules[], job: JobDefinition): TightenedRule[] {
   const before = new Map(published.map((f) => [f.name, f]));
-  const rules: { feature: string; broken: string; reason: string; unknown: boolean }[] = [];
+  const rules: TightenedRule[] = [];
   for (const f of job.features) {
     const old = before.get(f.name);
     if (!old) continue;
     const known = old.nullable !== undefined;
     const col = quoteIdent(f.name);
-    if (!f.nullable && (!known || old.nullable)) rules.push({ unknown: !known, feature: f.name, broken: `${col} IS NULL`, reason: 'is null, and the contract now says nullable: false' });
-    if (f.min !== undefined && (!known || old.min === undefined || f.min > old.min)) rules.push({ unknown: !known, feature: f.name, broken: `${col} < ${f.min}`, reason: `is below the minimum ${f.min}` });
-    if (f.max !== undefined && (!known || old.max === undefined || f.max < old.max)) rules.push({ unknown: !known, feature: f.name, broken: `${col} > ${f.max}`, reason: `is above the maximum ${f.max}` });
-    if (f.allowed && (!known || !old.allowed || old.allowed.some((v) => !f.allowed!.includes(v)))) {
-      rules.push({ unknown: !known, feature: f.name, broken: `${col} NOT IN (${f.allowed.map(literal).join(', ')})`, reason: 'is not an allowed value' });
-    }
+    const add = (broken: string, reason: string) => rules.push({ feature: f.name, broken, reason, unknown: !known });
+    if (!f.nullable && (!known || old.nullable)) add(`${col} IS NULL`, 'is null, and the contract now says nullable: false');
+    if (f.min !== undefined && (!known || old.min === undefined || f.min > old.min)) add(`${col} < ${f.min}`, `is below the minimum ${f.min}`);
+    if (f.max !== undefined && (!known || old.max === undefined || f.max < old.max)) add(`${col} > ${f.max}`, `is above the maximum ${f.max}`);
+    if (f.allowed && (!known || !old.allowed || old.allowed.some((v) => !f.allowed!.includes(v)))) add(`${col} NOT IN (${f.allowed.map(literal).join(', ')})`, 'is not an allowed value');
   }
   return rules;
 }

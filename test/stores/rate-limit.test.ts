@@ -22,7 +22,8 @@ describe('rate limiter with Redis frozen', () => {
   });
 
   it('pays the timeout once, uses local buckets meanwhile, and goes back to Redis after the skip time', async () => {
-    const limiter = new RateLimiter(client, 600);
+    const errors: Error[] = [];
+    const limiter = new RateLimiter(client, 600, (error) => errors.push(error));
     // Slow enough a refill that each token taken in Redis shows.
     const limit = { perSecond: 0.01, burst: 50 };
     const timed = async () => {
@@ -43,6 +44,8 @@ describe('rate limiter with Redis frozen', () => {
       const next = [];
       for (let i = 0; i < 5; i++) next.push(await timed());
       expect(next.every((t) => t.allowed && t.ms < 50)).toBe(true);
+      // Said once, when the buckets moved into this process, not per request.
+      expect(errors.map((e) => e.message)).toEqual(['Command timed out']);
     } finally {
       redis.thaw();
     }
