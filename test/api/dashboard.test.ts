@@ -86,13 +86,15 @@ describe('built-in dashboard in headless Chromium', () => {
   it('works in keys mode, where /sync/v1 needs a key the page does not send: the runs table says so', async () => {
     await createApiKey(server.db, 'dashboard-test', ['*']);
     const keyed = await startServer(serverConfig({ DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, AUTH_MODE: 'keys', SYNC_ON_START: 'false', SCHEDULER_ENABLED: 'false' }));
+    // The page polls every 2 s on a kept-alive connection: it is closed before the server, whose close waits for it.
+    const page = await browser.newPage();
     try {
-      const page = await browser.newPage();
       await page.goto(`http://127.0.0.1:${keyed.port}/dashboard`);
       await expect.poll(() => page.locator('#updated').innerText(), { timeout: 30_000 }).toMatch(/^updated/);
       expect(await page.locator('#runs').innerText()).toMatch(/runs not shown: \/sync\/v1 needs an API key, which this page does not send/);
       expect((await page.locator('#views tr').allInnerTexts()).length).toBe(2);
     } finally {
+      await page.close();
       await keyed.close();
     }
   });
