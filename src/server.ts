@@ -2,7 +2,7 @@
 // With WEB_CONCURRENCY > 1 (servers), main() runs a cluster (src/cluster.ts).
 import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
-import { maxHeaderSize } from 'node:http';
+import { maxHeaderSize, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pathToFileURL } from 'node:url';
@@ -157,7 +157,8 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const rateLimiter = apiKeys ? new RateLimiter(redisClientOf(hot), config.redisRetryAfterMs, onRateLimitRedisError) : undefined;
   const app = createApp({ catalog, reader, replicas, db, hot, metrics, slo, tracing, log, apiKeys, rateLimiter, defaultRateLimit: config.rateLimit, requestLogLevel: config.requestLogLevel, requestTimeoutMs: config.requestTimeoutMs, maxInFlight: config.maxInFlight, batchMaxIds: config.batchMaxIds, openapiYaml });
 
-  const server: ServerType = await new Promise((resolve, reject) => {
+  // Plain HTTP/1.1 (no createServer option), so the server is Node's http.Server.
+  const server = (await new Promise<ServerType>((resolve, reject) => {
     const fetch = overrides.cluster ? overrides.cluster.attach({ metrics, slo, catalog }, app.fetch) : app.fetch;
     // A request must arrive whole within 30 s (Node's default is 5 minutes; checked every 5 s, not 30): a client that
     // stalls its headers or body gets a 408 and its connection closed, rather than holding it for minutes.
@@ -183,6 +184,13 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       void Promise.allSettled([db.close(), hot.close(), listener?.close(), replicas?.close()]);
       reject(new ConfigError(`cannot listen on ${config.host}:${config.port} (PORT, HOST): ${error.code ?? error.message}`));
     });
+  })) as HttpServer;
+  // Once shutdown begins, every response says `Connection: close`, so a kept-alive client (a poller, a load
+  // balancer's pool) gets the answer it asked for and then reconnects elsewhere: Node's server.close() alone waits
+  // for such a connection as long as it keeps sending requests. Prepended, so it runs before the app answers.
+  let draining = false;
+  server.prependListener('request', (_request, response) => {
+    if (draining) response.setHeader('Connection', 'close');
   });
   const port = (server.address() as AddressInfo).port;
   log.info('server.listening', { port, host: config.host, mode: config.embedded ? 'embedded' : 'servers', views: jobs.map((j) => j.view) });
@@ -202,11 +210,20 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       scheduler.stop();
       catalog.stop();
       clearInterval(keyRefresh);
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      // Runs in progress get a bounded time to finish; one still running then is
-      // stopped, and publishes nothing (its run is recorded as failed).
-      await Promise.race([runner.idle(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
+      draining = true;
+      // Requests in progress and runs in progress share the grace period. A connection still open at its end (a
+      // request stalled mid-upload, a client that never reads) is closed: the bound holds whatever clients do.
+      const grace = new Promise((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());
+      const httpClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+      const httpDone = Promise.race([httpClosed, grace]).then(() => {
+        server.closeAllConnections();
+        return httpClosed;
+      });
+      // A run still going at the end of the grace period is stopped, and publishes
+      // nothing (its run is recorded as failed).
+      await Promise.race([runner.idle(), grace]);
       await runner.abandonAll('the server shut down before the run finished');
+      await httpDone;
       await Promise.allSettled([db.close(), hot.close(), tracing.shutdown(), listener?.close(), replicas?.close()]);
     })());
   return { port, app, catalog, runner, db, hot, startupSyncs, close };

@@ -2,10 +2,13 @@
 // stops the sync after the grace period without publishing it, records the run
 // as failed, and exits within its bound; the previous version stays current
 // and the next run needs no cleanup. A sync killed while still reading leaves
-// nothing behind either.
+// nothing behind either. Kept-alive clients and stalled requests cannot hold
+// the shutdown past its grace period.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { rename } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { silentLogger } from '../../src/observability/log.js';
@@ -76,6 +79,80 @@ describe('shutdown and killed syncs', () => {
     expect(run).toMatchObject({ status: 'failed', error: 'the server shut down before the run finished; nothing of it was published' });
     expect(await current()).toBe(1);
   });
+
+  /** A server process on the published view, with no sync running; resolves once it answers. */
+  const serving = async (graceSeconds: number) => {
+    const port = await freePort();
+    const server = spawn(process.execPath, ['--import', 'tsx', path.resolve('src/server.ts')], {
+      env: { PATH: process.env.PATH!, DATABASE_URL: database.url, REDIS_URL: redis.url, SYNC_JOBS_DIR: dir, PORT: String(port), HOST: '127.0.0.1', SYNC_ON_START: 'false', SCHEDULER_ENABLED: 'false', SHUTDOWN_GRACE_SECONDS: String(graceSeconds), AUTH_MODE: 'open', LOG_LEVEL: 'silent' },
+      stdio: 'ignore',
+    });
+    await expect.poll(async () => (await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.status, { timeout: 20_000, interval: 50 }).toBe(200);
+    return { server, port };
+  };
+
+  it('SIGTERM with a client polling back to back on a kept-alive connection: its answers say Connection: close, and the server exits at once', async () => {
+    const { server, port } = await serving(10);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const answers: { status: number; connection: string | undefined; afterSignal: boolean }[] = [];
+    let signalled = false;
+    let failure: NodeJS.ErrnoException | undefined;
+    const lookup = () =>
+      new Promise<void>((resolve) => {
+        const afterSignal = signalled;
+        http
+          .get({ host: '127.0.0.1', port, agent, path: '/features/v1/k1?view=stopping' }, (response) => {
+            response.resume();
+            response.on('end', () => {
+              answers.push({ status: response.statusCode!, connection: response.headers.connection, afterSignal });
+              resolve();
+            });
+          })
+          .on('error', (error: NodeJS.ErrnoException) => {
+            failure = error;
+            resolve();
+          });
+      });
+    const polling = (async () => {
+      while (!failure) await lookup();
+    })();
+    await expect.poll(() => answers.length, { timeout: 10_000, interval: 20 }).toBeGreaterThan(20);
+    const sent = performance.now();
+    signalled = true;
+    server.kill('SIGTERM');
+    const [code] = (await once(server, 'exit')) as [number];
+    const took = performance.now() - sent;
+    await polling;
+    agent.destroy();
+    // Before, Node's server.close() waited on the connection as long as requests kept coming: the process was killed
+    // by its own bound (grace + 5 s) with exit code 1.
+    expect(code).toBe(0);
+    expect(took).toBeLessThan(3000);
+    expect(answers.every((a) => a.status === 200)).toBe(true);
+    expect(answers.filter((a) => !a.afterSignal).every((a) => a.connection === 'keep-alive')).toBe(true);
+    // A lookup sent after the signal was answered with Connection: close, or found the listener gone.
+    for (const answer of answers.filter((a) => a.afterSignal)) expect(answer.connection).toBe('close');
+    expect(failure?.code).toMatch(/^(ECONNREFUSED|ECONNRESET)$/);
+  }, 40_000);
+
+  it('SIGTERM with a request stalled mid-headers: the connection is closed at the end of the grace period and the server exits 0', async () => {
+    const { server, port } = await serving(1);
+    const socket = net.connect(port, '127.0.0.1');
+    await once(socket, 'connect');
+    socket.write('GET /features/v1/k1?view=stopping HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+    const socketClosed = once(socket, 'close');
+    socket.on('error', () => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const sent = performance.now();
+    server.kill('SIGTERM');
+    const [code] = (await once(server, 'exit')) as [number];
+    const took = performance.now() - sent;
+    await socketClosed;
+    // Before, the stalled request held server.close() until its 20 s headers timeout, past the process's own bound.
+    expect(code).toBe(0);
+    expect(took).toBeGreaterThan(900);
+    expect(took).toBeLessThan(1000 + 3000);
+  }, 40_000);
 
   it('a sync killed while Postgres builds the new version\'s index leaves version 1 current, and the next run cleans up', async () => {
     await publish(600_000);
