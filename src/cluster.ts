@@ -9,6 +9,8 @@
 // process's registry, its own sync metrics included, aggregated with
 // prom-client), and /slo/v1 and the dashboard (every worker's SLO counts and
 // lookup latency buckets, summed). A worker asks it, it asks every worker.
+// What a dead worker had counted stays in those sums: its metrics as of the
+// last scrape, its SLO minutes as of its last hand-off (every 5 s).
 import cluster, { type Worker } from 'node:cluster';
 import client, { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { Hono } from 'hono';
@@ -16,7 +18,7 @@ import { ConfigError, type Config } from './config/index.js';
 import { loadJobDefinitions } from './jobs/definition.js';
 import type { Logger } from './observability/log.js';
 import { lookupLatencyBuckets, Metrics, sumBuckets, type LatencyBuckets } from './observability/metrics.js';
-import { combineSlo, type SloSnapshot, type SloTracker } from './observability/slo.js';
+import { combineSlo, SloTracker, type MinuteCounts, type SloSnapshot } from './observability/slo.js';
 import type { Catalog } from './stores/catalog.js';
 import { ensureSchema } from './stores/metadata.js';
 import { PostgresDatabase } from './stores/postgres.js';
@@ -26,6 +28,8 @@ import { Scheduler } from './sync/scheduler.js';
 
 /** A worker that has not reported by then fails the scrape (or /slo/v1), loudly, rather than leave a hole in the sums. */
 const GATHER_TIMEOUT_MS = 5_000;
+/** How often a worker hands its SLO minutes to the primary, which keeps them when the worker dies: at most this much of a dead worker's counts is lost. */
+const SLO_HANDOFF_MS = 5_000;
 /** A worker that dies after it was serving is replaced after this pause (so a crash loop does not spin). */
 const RESPAWN_DELAY_MS = 1_000;
 
@@ -34,7 +38,7 @@ type Json = MetricObjectWithValues<MetricValue<string>>[];
 
 /** What a worker can ask for the whole machine: its metrics text, its SLO counts, its lookup latency buckets. */
 type What = 'metrics' | 'slo' | 'latency';
-type ToPrimary = { t: 'fs:ready' } | { t: 'fs:machine?'; id: number; what: What } | { t: 'fs:gathered'; id: number; data: unknown } | { t: 'fs:gather-failed'; id: number; error: string };
+type ToPrimary = { t: 'fs:ready' } | { t: 'fs:slo'; minutes: MinuteCounts[] } | { t: 'fs:machine?'; id: number; what: What } | { t: 'fs:gathered'; id: number; data: unknown } | { t: 'fs:gather-failed'; id: number; error: string };
 type ToWorker = { t: 'fs:gather'; id: number; what: What } | { t: 'fs:machine'; id: number; data?: unknown; error?: string } | { t: 'fs:published'; view: string };
 
 const isMessage = (message: unknown): message is { t: string } => typeof message === 'object' && message !== null && typeof (message as { t?: unknown }).t === 'string' && (message as { t: string }).t.startsWith('fs:');
@@ -91,6 +95,9 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
   /** Each worker's metrics as last gathered, and what dead workers had counted (see `retire`). */
   const lastMetrics = new Map<Worker, Json>();
   let retired: Json = [];
+  /** Each live worker's SLO minutes as last handed over, and what dead workers had counted. */
+  const sloMirrors = new Map<Worker, SloTracker>();
+  const retiredSlo = new SloTracker(config.slo);
   /**
    * A dead worker's counters and histograms stay in the machine's sums, as of the last scrape that gathered them:
    * dropped, the sums would fall, Prometheus would read a counter reset, and the surviving workers' whole counts
@@ -98,6 +105,10 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
    * processes and go; so does the per-process request counter, whose `process` series ends with its process.
    */
   const retire = async (worker: Worker) => {
+    // Its SLO minutes too, so a worker that crashes does not take its failures out of /slo/v1 and the dashboard.
+    const mirror = sloMirrors.get(worker);
+    sloMirrors.delete(worker);
+    if (mirror) retiredSlo.absorb(mirror.minutesFrom(-Infinity), 'add');
     const last = lastMetrics.get(worker);
     lastMetrics.delete(worker);
     if (!last) return;
@@ -128,12 +139,12 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
           }),
       ),
     );
-    // The primary serves no lookups: only its metrics (syncs) count.
-    if (what === 'slo') return combineSlo(fromWorkers as SloSnapshot[]);
     if (what === 'latency') return sumBuckets(fromWorkers as LatencyBuckets[]);
-    // A worker that answered and then died while the others were asked is in `retired` now, as of the scrape before:
-    // its answer here would count it twice this time and the sums would fall at the next scrape.
+    // A worker that answered and then died while the others were asked is retired now, as of the scrape (or hand-off)
+    // before: its answer here would count it twice this time and the sums would fall at the next one.
     const answered = live.map((worker, i) => [worker, fromWorkers[i] as Json] as const).filter(([worker]) => workers.has(worker));
+    // The primary serves no lookups: only its metrics (syncs) count.
+    if (what === 'slo') return combineSlo([...answered.map(([, data]) => data as unknown as SloSnapshot), retiredSlo.snapshot()]);
     for (const [worker, data] of answered) lastMetrics.set(worker, data);
     return AggregatorRegistry.aggregate([(await metrics.registry.getMetricsAsJSON()) as Json, ...answered.map(([, data]) => data), retired]).metrics();
   };
@@ -153,6 +164,11 @@ export async function startPrimary(config: Config, log: Logger): Promise<Cluster
         state.ready = true;
         if (++readyCount === config.webConcurrency) allReady();
       }
+    } else if (m.t === 'fs:slo') {
+      if (!workers.has(worker)) return;
+      let mirror = sloMirrors.get(worker);
+      if (!mirror) sloMirrors.set(worker, (mirror = new SloTracker(config.slo)));
+      mirror.absorb(m.minutes, 'replace');
     } else if (m.t === 'fs:gathered' || m.t === 'fs:gather-failed') {
       const waiter = pending.get(`${worker.id}:${m.id}`);
       pending.delete(`${worker.id}:${m.id}`);
@@ -295,6 +311,13 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
           waiting.set(id, { resolve: (data) => (clearTimeout(timer), resolve(data as T)), reject: (error) => (clearTimeout(timer), reject(error)) });
           toPrimary({ t: 'fs:machine?', id, what });
         });
+      // The minutes counted since the last hand-off (that minute again, now complete), so the primary can keep them.
+      let handedFrom = Math.floor(Date.now() / 60_000);
+      setInterval(() => {
+        const minutes = slo.minutesFrom(handedFrom);
+        handedFrom = Math.floor(Date.now() / 60_000);
+        if (minutes.length) toPrimary({ t: 'fs:slo', minutes });
+      }, SLO_HANDOFF_MS).unref();
       metrics.exposition = () => machine<string>('metrics');
       metrics.gatherLookupLatency = () => machine<LatencyBuckets>('latency');
       slo.gather = () => machine<SloSnapshot>('slo');

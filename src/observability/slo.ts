@@ -56,6 +56,9 @@ interface RecentCounts {
   readonly failed: number;
 }
 
+/** One minute's counts, as a cluster worker hands them to its primary: [minute since the epoch, total, slow, failed]. */
+export type MinuteCounts = readonly [minute: number, total: number, slow: number, failed: number];
+
 /** Plain data (it crosses process boundaries): lookups counted over the period (`period`) and each burn-rate window, and over the last seconds. */
 export interface SloSnapshot {
   /** When tracking began (ms since the epoch). */
@@ -119,6 +122,39 @@ export class SloTracker {
     }
     this.secondTotal[s]! += 1;
     if (serverError) this.secondFailed[s]! += 1;
+  }
+
+  /** The minutes from `fromMinute` (minutes since the epoch) on that hold counts, oldest first. */
+  minutesFrom(fromMinute: number): MinuteCounts[] {
+    const current = Math.floor(this.now() / MINUTE_MS);
+    const out: MinuteCounts[] = [];
+    for (let m = Math.max(fromMinute, current - this.minutes + 1); m <= current; m++) {
+      const slot = m % this.minutes;
+      if (this.stamp[slot] === m && this.total[slot]! > 0) out.push([m, this.total[slot]!, this.slow[slot]!, this.failed[slot]!]);
+    }
+    return out;
+  }
+
+  /**
+   * Takes in another process's minutes: `replace` sets them (a worker's latest counts of minutes it handed over
+   * before), `add` adds them (a dead worker's counts joining the ones kept). Minutes older than the ring are dropped.
+   */
+  absorb(minutes: readonly MinuteCounts[], mode: 'replace' | 'add'): void {
+    const current = Math.floor(this.now() / MINUTE_MS);
+    for (const [minute, total, slow, failed] of minutes) {
+      if (!Number.isInteger(minute) || minute <= current - this.minutes || minute > current + 1) continue;
+      const slot = minute % this.minutes;
+      if (this.stamp[slot]! > minute) continue;
+      if (this.stamp[slot] !== minute || mode === 'replace') {
+        this.stamp[slot] = minute;
+        this.total[slot] = 0;
+        this.slow[slot] = 0;
+        this.failed[slot] = 0;
+      }
+      this.total[slot]! += total;
+      this.slow[slot]! += slow;
+      this.failed[slot]! += failed;
+    }
   }
 
   /**

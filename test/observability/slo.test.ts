@@ -79,6 +79,40 @@ describe('SLO tracker', () => {
     expect(one.snapshot().recent).toEqual({ seconds: 10, total: 10, failed: 1 });
   });
 
+  it('keeps a dead worker\'s minutes as handed over: replaced while it lives, added when it dies, forgotten past the window', () => {
+    let now = Date.UTC(2026, 0, 1);
+    const clock = () => now;
+    const one = new SloTracker(config, clock);
+    const worker = new SloTracker(config, clock);
+    const mirror = new SloTracker(config, clock);
+    const retired = new SloTracker(config, clock);
+    // Hand-offs every 5 s of the minutes since the previous one, the way src/cluster.ts does.
+    let handedFrom = Math.floor(now / 60_000);
+    for (let i = 0; i < 400; i++) {
+      now += 1000;
+      const [duration, failed] = [i % 40 === 0 ? 40 : 3, i % 97 === 0];
+      one.record(duration, failed);
+      worker.record(duration, failed);
+      if (i % 5 === 4) {
+        mirror.absorb(worker.minutesFrom(handedFrom), 'replace');
+        handedFrom = Math.floor(now / 60_000);
+      }
+    }
+    // Minutes handed over twice (a minute still counting at a hand-off) were replaced, not added twice.
+    expect(mirror.report().objectives).toEqual(one.report().objectives);
+    // The worker dies: its minutes join what the primary keeps, next to a minute of another dead worker.
+    retired.absorb([[Math.floor(now / 60_000), 10, 1, 1]], 'add');
+    retired.absorb(mirror.minutesFrom(-Infinity), 'add');
+    const [latency, availability] = retired.report().objectives;
+    expect(latency).toMatchObject({ total: 410, good: one.report().objectives[0]!.good + 10 - 1 });
+    expect(availability).toMatchObject({ total: 410, good: one.report().objectives[1]!.good + 10 - 1 });
+    // Minutes from outside the ring are not taken in, and kept minutes age out like recorded ones.
+    retired.absorb([[Math.floor(now / 60_000) - 40_320 - 5, 99, 99, 99], [Number.NaN, 1, 1, 1]], 'add');
+    expect(retired.report().objectives[0]!.total).toBe(410);
+    now += 29 * 86_400_000;
+    expect(retired.report().objectives[0]!.total).toBe(0);
+  });
+
   it('sums lookup latency buckets over processes and reads quantiles from them', () => {
     const a = { '0.005': 90, '0.01': 99, '+Inf': 100 };
     const b = { '0.005': 10, '0.01': 100, '+Inf': 100 };

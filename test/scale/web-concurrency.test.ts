@@ -2,7 +2,7 @@
 // serving workers on one port. Both workers answer; /metrics on either shows
 // every process (counters summed, one request series per worker, the
 // primary's sync metrics), and so do /slo/v1 and the dashboard; syncs run once, in the primary; a worker that dies
-// is replaced; SIGTERM stops them all.
+// is replaced, and what it counted stays in the sums; SIGTERM stops them all.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -242,6 +242,10 @@ describe('two serving processes on one port', () => {
     const total = (body: string) => samples(body, 'http_server_request_duration_seconds_count').reduce((sum, s) => sum + s.value, 0);
     for (let i = 0; i < 20; i++) expect((await lookup(`k${i + 1}`)).status).toBe(200);
     const before = total((await get(port, '/metrics')).body);
+    const sloTotal = async () => (JSON.parse((await get(port, '/slo/v1')).body) as { objectives: { name: string; total: number; good: number }[] }).objectives.find((o) => o.name === 'availability')!;
+    const sloBefore = await sloTotal();
+    // Workers hand their SLO minutes to the primary every 5 s: what the victim counted up to now is handed over then.
+    await new Promise((resolve) => setTimeout(resolve, 5_500));
     const [victim, survivor] = serverChildren(server.pid!);
     process.kill(victim!, 'SIGKILL');
     await expect.poll(() => serverChildren(server.pid!), { timeout: 30_000, interval: 200 }).toEqual(expect.arrayContaining([survivor]));
@@ -251,6 +255,10 @@ describe('two serving processes on one port', () => {
     // What the dead worker had counted stays in the sums (a fall would read as a counter reset).
     const after = (await get(port, '/metrics')).body;
     expect(total(after)).toBeGreaterThanOrEqual(before + 10);
+    // So does what it counted for /slo/v1 and the dashboard (before, its lookups and failures left them with it).
+    const sloAfter = await sloTotal();
+    expect(sloAfter.total).toBeGreaterThanOrEqual(sloBefore.total + 10);
+    expect(sloAfter.total - sloAfter.good).toBeGreaterThanOrEqual(sloBefore.total - sloBefore.good);
     // The replacement takes over its slot's label: the series stay worker-0 and worker-1, however many replacements.
     expect(samples(after, 'featurestore_process_requests_total').map((s) => s.labels).sort()).toEqual(['{process="worker-0"}', '{process="worker-1"}']);
   });
