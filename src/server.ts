@@ -58,7 +58,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const db: Database = config.embedded
     ? await PgliteDatabase.open(config.pgliteDataDir)
     : new PostgresDatabase({ url: config.databaseUrl!, maxConnections: config.databasePoolSize, statementTimeoutMs: config.requestTimeoutMs, clientTimeoutMs: config.requestTimeoutMs });
-  const hot: HotTier = config.embedded ? new MemoryHotTier() : createHotTier(config, config.redisTimeoutMs);
+  const hot: HotTier = config.embedded ? new MemoryHotTier(config.redisFillTtlSeconds) : createHotTier(config, config.redisTimeoutMs);
   try {
     await ensureSchema(db);
   } catch (error) {

@@ -9,13 +9,13 @@ import { RedisHotTier } from './redis.js';
 
 export type RedisTier = RedisHotTier | RedisClusterHotTier;
 
-export function createHotTier(config: Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisClusterConnection' | 'redisRetryAfterMs'>, commandTimeoutMs: number): RedisTier {
+export function createHotTier(config: Pick<Config, 'redisUrl' | 'redisClusterNodes' | 'redisClusterConnection' | 'redisRetryAfterMs' | 'redisFillTtlSeconds'>, commandTimeoutMs: number): RedisTier {
   if (config.redisClusterNodes) {
     const { username, password, tls } = config.redisClusterConnection;
     // TLS with the system's CAs and any in NODE_EXTRA_CA_CERTS, checked against each node's name.
-    return new RedisClusterHotTier({ nodes: config.redisClusterNodes, commandTimeoutMs, masterRetryAfterMs: config.redisRetryAfterMs, username, password, tls: tls ? {} : undefined });
+    return new RedisClusterHotTier({ nodes: config.redisClusterNodes, commandTimeoutMs, masterRetryAfterMs: config.redisRetryAfterMs, fillTtlSeconds: config.redisFillTtlSeconds, username, password, tls: tls ? {} : undefined });
   }
-  if (config.redisUrl) return new RedisHotTier({ url: config.redisUrl, commandTimeoutMs });
+  if (config.redisUrl) return new RedisHotTier({ url: config.redisUrl, commandTimeoutMs, fillTtlSeconds: config.redisFillTtlSeconds });
   throw new Error('no Redis configured: set REDIS_URL or REDIS_CLUSTER_NODES');
 }
 

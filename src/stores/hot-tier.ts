@@ -16,10 +16,26 @@ export interface HotTier {
    * and then the caller drops what is there before writing, so no key of the lost version survives into the new one.
    */
   claimVersion(view: string, version: number): Promise<boolean>;
-  /** Removes every key of one version, and its mark; returns how many keys were removed. */
-  dropVersion(view: string, version: number): Promise<number>;
+  /**
+   * Removes every key of one version; returns how many keys were removed. Its mark stays for the fill TTL and a
+   * margin (markAfterDrop), so a lookup's fill that lands after the drop, planting a key of the dropped version, is
+   * still found and dropped if the number is ever claimed again. `release` (a number being claimed again) removes
+   * the mark too.
+   */
+  dropVersion(view: string, version: number, options?: { readonly release?: boolean }): Promise<number>;
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** Default TTL of the keys a lookup fills behind a miss (REDIS_FILL_TTL_SECONDS). */
+export const DEFAULT_FILL_TTL_SECONDS = 86_400;
+
+/**
+ * How long a dropped version's mark stays: past the TTL of any fill that could land after the drop (a fill is
+ * bounded by the hot tier's command timeout, far less than the margin).
+ */
+export function markAfterDropSeconds(fillTtlSeconds: number): number {
+  return fillTtlSeconds + 600;
 }
 
 export function hotKeyPrefix(view: string, version: number): string {

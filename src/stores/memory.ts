@@ -1,12 +1,15 @@
 // Owns the embedded hot tier: a map in this process standing in for Redis when
 // no REDIS_URL is given. Same contract as Redis, minus the network.
 import type { HotTier } from './hot-tier.js';
-import { hotKeyPrefix, hotVersionMark } from './hot-tier.js';
+import { DEFAULT_FILL_TTL_SECONDS, hotKeyPrefix, hotVersionMark, markAfterDropSeconds } from './hot-tier.js';
 
 export class MemoryHotTier implements HotTier {
   readonly kind = 'memory' as const;
   private readonly entries = new Map<string, { value: Buffer; expiresAt: number }>();
-  private readonly marks = new Set<string>();
+  /** Version marks, with when each expires (a dropped version's mark: see HotTier.dropVersion). */
+  private readonly marks = new Map<string, number>();
+
+  constructor(private readonly fillTtlSeconds = DEFAULT_FILL_TTL_SECONDS) {}
 
   async get(keys: readonly string[]): Promise<(Buffer | null)[]> {
     const now = Date.now();
@@ -29,13 +32,18 @@ export class MemoryHotTier implements HotTier {
 
   async claimVersion(view: string, version: number): Promise<boolean> {
     const mark = hotVersionMark(view, version);
-    if (this.marks.has(mark)) return false;
-    this.marks.add(mark);
+    if ((this.marks.get(mark) ?? 0) > Date.now()) return false;
+    this.marks.set(mark, Number.POSITIVE_INFINITY);
     return true;
   }
 
-  async dropVersion(view: string, version: number): Promise<number> {
-    this.marks.delete(hotVersionMark(view, version));
+  async dropVersion(view: string, version: number, options: { readonly release?: boolean } = {}): Promise<number> {
+    const mark = hotVersionMark(view, version);
+    const now = Date.now();
+    // Dropped versions' marks that have expired go here, so they do not pile up over a long run.
+    for (const [key, expiresAt] of this.marks) if (expiresAt <= now) this.marks.delete(key);
+    if (options.release) this.marks.delete(mark);
+    else this.marks.set(mark, now + markAfterDropSeconds(this.fillTtlSeconds) * 1000);
     const prefix = hotKeyPrefix(view, version);
     let removed = 0;
     for (const key of this.entries.keys()) {

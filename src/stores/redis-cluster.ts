@@ -39,7 +39,7 @@ import { Cluster, type ChainableCommander, type Redis } from 'ioredis';
 import { withDeadline } from '../deadline.js';
 import { ReadCoalescer } from './coalesce.js';
 import type { HotTier } from './hot-tier.js';
-import { hotKeyPrefix, hotVersionMark } from './hot-tier.js';
+import { DEFAULT_FILL_TTL_SECONDS, hotKeyPrefix, hotVersionMark, markAfterDropSeconds } from './hot-tier.js';
 
 export interface RedisClusterOptions {
   /** Seed nodes; the client learns the rest of the topology from any one of them. */
@@ -59,6 +59,8 @@ export interface RedisClusterOptions {
   readonly password?: string;
   /** TLS to every node (Node's `tls.connect` options; {} for the system's CAs and NODE_EXTRA_CA_CERTS). */
   readonly tls?: ConnectionOptions;
+  /** TTL of lookups' fills (REDIS_FILL_TTL_SECONDS): how long a dropped version's mark must outlive them. */
+  readonly fillTtlSeconds?: number;
 }
 
 const SCAN_COUNT = 1000;
@@ -77,6 +79,7 @@ export class RedisClusterHotTier implements HotTier {
   /** Masters whose reads timed out, by connection: until when reads that need them fail at once. */
   private readonly timedOutUntil = new Map<Redis, number>();
   private readonly masterRetryAfterMs: number;
+  private readonly fillTtlSeconds: number;
   /** The latest distinct connection and node errors ioredis reported (at most three), for the message when the cluster cannot be reached. */
   private recentErrors: string[] = [];
   /** Masters already seen running Redis 7 or later (batch reads need script flags), by host:port. */
@@ -91,6 +94,7 @@ export class RedisClusterHotTier implements HotTier {
     if (options.nodes.length === 0) throw new Error('a Redis Cluster needs at least one seed node (REDIS_CLUSTER_NODES)');
     this.timeoutMs = options.commandTimeoutMs;
     this.masterRetryAfterMs = options.masterRetryAfterMs ?? 1000;
+    this.fillTtlSeconds = options.fillTtlSeconds ?? DEFAULT_FILL_TTL_SECONDS;
     this.client = new Cluster(
       options.nodes.map((n) => ({ host: n.host, port: n.port })),
       {
@@ -259,7 +263,7 @@ export class RedisClusterHotTier implements HotTier {
    * an unhealthy cluster or a stale map of masters, since keys on a master it
    * missed would stay behind unnoticed.
    */
-  async dropVersion(view: string, version: number): Promise<number> {
+  async dropVersion(view: string, version: number, options: { readonly release?: boolean } = {}): Promise<number> {
     const masters = await this.healthyMasters();
     let removed = 0;
     for (const node of masters) {
@@ -285,7 +289,8 @@ export class RedisClusterHotTier implements HotTier {
       } while (cursor !== '0');
     }
     // The mark last: a drop cut short leaves it, so the version still reads as used.
-    await this.within('drop of a version mark', this.client.unlink(hotVersionMark(view, version)));
+    const mark = hotVersionMark(view, version);
+    await this.within<unknown>('drop of a version mark', options.release ? this.client.unlink(mark) : this.client.set(mark, 'dropped', 'EX', markAfterDropSeconds(this.fillTtlSeconds)));
     return removed;
   }
 

@@ -4,12 +4,14 @@
 import { Redis } from 'ioredis';
 import { ReadCoalescer } from './coalesce.js';
 import type { HotTier } from './hot-tier.js';
-import { hotKeyPrefix, hotVersionMark } from './hot-tier.js';
+import { DEFAULT_FILL_TTL_SECONDS, hotKeyPrefix, hotVersionMark, markAfterDropSeconds } from './hot-tier.js';
 
 export interface RedisOptions {
   readonly url: string;
   /** Bound on any one command; reads give up and fall back after this. */
   readonly commandTimeoutMs: number;
+  /** TTL of lookups' fills (REDIS_FILL_TTL_SECONDS): how long a dropped version's mark must outlive them. */
+  readonly fillTtlSeconds?: number;
 }
 
 const SCAN_COUNT = 1000;
@@ -20,9 +22,11 @@ export class RedisHotTier implements HotTier {
   /** Single-key lookups of the same few event-loop turns, read together. */
   private readonly single: ReadCoalescer;
   private readonly connectTimeoutMs: number;
+  private readonly fillTtlSeconds: number;
 
   constructor(options: RedisOptions) {
     this.connectTimeoutMs = Math.max(options.commandTimeoutMs, 1000);
+    this.fillTtlSeconds = options.fillTtlSeconds ?? DEFAULT_FILL_TTL_SECONDS;
     this.client = new Redis(options.url, {
       commandTimeout: options.commandTimeoutMs,
       enableOfflineQueue: false,
@@ -73,7 +77,7 @@ export class RedisHotTier implements HotTier {
     return (await this.client.set(hotVersionMark(view, version), '1', 'NX')) === 'OK';
   }
 
-  async dropVersion(view: string, version: number): Promise<number> {
+  async dropVersion(view: string, version: number, options: { readonly release?: boolean } = {}): Promise<number> {
     let cursor = '0';
     let removed = 0;
     do {
@@ -82,7 +86,9 @@ export class RedisHotTier implements HotTier {
       if (keys.length) removed += await this.client.unlink(...keys);
     } while (cursor !== '0');
     // The mark last: a drop cut short leaves it, so the version still reads as used.
-    await this.client.unlink(hotVersionMark(view, version));
+    // The mark last: a drop cut short leaves it, so the version still reads as used.
+    if (options.release) await this.client.unlink(hotVersionMark(view, version));
+    else await this.client.set(hotVersionMark(view, version), 'dropped', 'EX', markAfterDropSeconds(this.fillTtlSeconds));
     return removed;
   }
 

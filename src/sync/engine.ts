@@ -228,7 +228,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
       log.warn('sync.stale_hot_keys', {
         version,
         keys: stale,
-        message: `the hot tier held ${stale} keys of version ${version} that Postgres has no record of (was the database restored to an earlier state?); they were dropped before loading, so none is served as part of the new version`,
+        message: `the hot tier had version ${version} marked as used, with ${stale} keys left, though Postgres has no record of it (was the database restored to an earlier state?); they were dropped before loading, so none is served as part of the new version`,
       });
     }
     const table = versionTable(job.view, version);
@@ -504,13 +504,14 @@ async function recordRejects(conn: DuckDBConnection, db: Database, job: JobDefin
 /**
  * Marks the new version in the hot tier before its first key. If the mark is
  * there already, the number was used before by a version Postgres lost (a
- * restore to an earlier state): its keys are dropped, and the count returned,
+ * restore to an earlier state; a dropped version's mark outlives any late
+ * fill of it): its keys are dropped, and the count returned,
  * so none of them (an entity the new data lacks, say) is served as part of
  * this version. Null when the version is new to the hot tier too.
  */
 async function claimHotVersion(view: string, version: number, hot: HotTier): Promise<number | null> {
   if (await hot.claimVersion(view, version)) return null;
-  const dropped = await hot.dropVersion(view, version);
+  const dropped = await hot.dropVersion(view, version, { release: true });
   if (!(await hot.claimVersion(view, version))) throw new Error(`the hot tier still marks version ${version} of ${view} as used after dropping its keys: another writer is loading it`);
   return dropped;
 }

@@ -80,7 +80,7 @@ export class RemoteStores {
       get: (keys) => call('hot.get', keys),
       set: (entries, ttl) => call('hot.set', entries, ttl),
       claimVersion: (view, version) => call('hot.claimVersion', view, version),
-      dropVersion: (view, version) => call('hot.dropVersion', view, version),
+      dropVersion: (view, version, options) => call('hot.dropVersion', view, version, options),
       ping: () => call('hot.ping'),
       close: async () => undefined,
     };
@@ -163,7 +163,7 @@ export class StoreHost {
       case 'hot.claimVersion':
         return this.hot.claimVersion(a[0] as string, a[1] as number);
       case 'hot.dropVersion':
-        return this.hot.dropVersion(a[0] as string, a[1] as number);
+        return this.hot.dropVersion(a[0] as string, a[1] as number, a[2] as { release?: boolean } | undefined);
       case 'hot.ping':
         return this.hot.ping();
       default:

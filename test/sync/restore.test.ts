@@ -1,12 +1,14 @@
 // Postgres restored to an earlier state while Redis kept its keys: the next
 // sync gets a version number Postgres no longer knows but the hot tier still
 // holds. None of the lost version's keys may be served as part of the new
-// one (an entity the new data lacks would otherwise answer, from the old data).
+// one (an entity the new data lacks would otherwise answer, from the old data),
+// not even a key a lookup filled after the version was dropped.
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server.js';
-import { hotKey, hotVersionMark } from '../../src/stores/hot-tier.js';
+import { hotKey, hotVersionMark, type HotTier } from '../../src/stores/hot-tier.js';
+import { MemoryHotTier } from '../../src/stores/memory.js';
 import { META_SCHEMA } from '../../src/stores/metadata.js';
 import { freshDatabase } from '../support/db.js';
 import { serverConfig, tempDir, writeJobs, writeParquet } from '../support/fixtures.js';
@@ -44,6 +46,28 @@ describe('a database restored to an earlier state', () => {
     const response = await fetch(`${baseUrl}/features/v1/${id}?view=items`);
     return { status: response.status, version: response.headers.get('Feature-Version'), body: (await response.json()) as { features?: { n: number } } };
   };
+
+  it('keeps a dropped version\'s mark past the fill TTL, so a fill that lands after the drop goes when the number is claimed again (Redis, embedded)', async () => {
+    const tiers: [string, HotTier][] = [['Redis', server.hot], ['embedded', new MemoryHotTier(120)]];
+    for (const [name, tier] of tiers) {
+      expect(await tier.claimVersion('late', 1), name).toBe(true);
+      await tier.set([[hotKey('late', 1, 'a'), Buffer.from('v1')]]);
+      // Reclaimed as an old version: its keys go, its mark stays (for the fill TTL and a margin).
+      expect(await tier.dropVersion('late', 1), name).toBe(1);
+      if (name === 'Redis') {
+        const ttl = await keys.ttl(hotVersionMark('late', 1));
+        expect(ttl).toBeGreaterThan(86_400);
+        expect(ttl).toBeLessThanOrEqual(86_400 + 600);
+      }
+      // A lookup's fill that was in flight during the drop lands after it, with the fill TTL.
+      await tier.set([[hotKey('late', 1, 'b'), Buffer.from('v1')]], 120);
+      // The number is claimed again (a restore): the mark says it was used, and the late key is dropped with it.
+      expect(await tier.claimVersion('late', 1), name).toBe(false);
+      expect(await tier.dropVersion('late', 1, { release: true }), name).toBe(1);
+      expect(await tier.claimVersion('late', 1), name).toBe(true);
+      expect(await tier.get([hotKey('late', 1, 'a'), hotKey('late', 1, 'b')]), name).toEqual([null, null]);
+    }
+  });
 
   it('drops the hot tier keys of a version number Postgres lost before loading that number again, saying so', async () => {
     expect(await server.runner.run('items', 'manual')).toMatchObject({ status: 'succeeded', version: 1 });
