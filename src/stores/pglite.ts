@@ -41,6 +41,10 @@ export class PgliteDatabase implements Database {
     let parts: string[] = [];
     let bytes = 0;
     let rows = 0;
+    // Each write is scanned once, as it arrives: whether the text so far ends inside quotes, and where its last line
+    // end outside quotes is (an offset into the pending text; -1 for none).
+    let quoted = false;
+    let cut = -1;
     const load = async (text: string) => {
       const result = await this.db.query(sql, [], { blob: new Blob([text]) });
       rows += result.affectedRows ?? 0;
@@ -48,21 +52,22 @@ export class PgliteDatabase implements Database {
     // Writes are reads of a stream, cut anywhere (inside a record, inside a quoted field): each COPY takes the
     // text up to the last line end outside quotes, whole records, and the rest waits for the next one.
     const flushWhole = async () => {
-      const text = parts.join('');
-      let quoted = false;
-      let cut = -1;
-      for (let i = 0; i < text.length; i++) {
-        const code = text.charCodeAt(i);
-        if (code === 34) quoted = !quoted; // '"'; an escaped quote ("") toggles twice
-        else if (code === 10 && !quoted) cut = i;
-      }
       if (cut === -1) return; // one record longer than a blob: wait for its end
+      const text = parts.join('');
       parts = cut + 1 < text.length ? [text.slice(cut + 1)] : [];
       bytes = text.length - (cut + 1);
-      await load(text.slice(0, cut + 1));
+      const whole = text.slice(0, cut + 1);
+      // The rest holds no line end outside quotes (the cut was the last); its quote state is the text's.
+      cut = -1;
+      await load(whole);
     };
     return {
       async write(csv) {
+        for (let i = 0; i < csv.length; i++) {
+          const code = csv.charCodeAt(i);
+          if (code === 34) quoted = !quoted; // '"'; an escaped quote ("") toggles twice
+          else if (code === 10 && !quoted) cut = bytes + i;
+        }
         parts.push(csv);
         bytes += csv.length;
         if (bytes >= COPY_BLOB_BYTES) await flushWhole();
@@ -72,11 +77,15 @@ export class PgliteDatabase implements Database {
         const text = parts.join('');
         parts = [];
         bytes = 0;
+        cut = -1;
         if (text) await load(text);
         return rows;
       },
       async abort() {
         parts = [];
+        bytes = 0;
+        cut = -1;
+        quoted = false;
       },
     };
   }

@@ -32,6 +32,22 @@ describe('embedded Postgres (PGlite) COPY', () => {
     const [last] = await db.query<{ id: string; note: string }>(`SELECT id, note FROM copied WHERE id = 'k149990'`);
     expect(last).toEqual({ id: 'k149990', note: `a, "quoted"\nnote 149990 ${'x'.repeat(40)}` });
   });
+
+  it('loads a record longer than a blob whole, between ordinary ones, from small reads', async () => {
+    await db.query('TRUNCATE copied');
+    // A 6 MB quoted note with line ends inside: no cut may fall in it, whatever the reads.
+    const big = `"${`${'z'.repeat(1_000_000)}\n`.repeat(6)}end"`;
+    const csv = `a1,2026-01-01 00:00:00+00,first\nbig,2026-01-01 00:00:00+00,${big}\na2,2026-01-01 00:00:00+00,"last, quoted"\n`;
+    const copy = await db.openCopy('copied', ['id', 't', 'note']);
+    for (let at = 0; at < csv.length; at += 4096) await copy.write(csv.slice(at, at + 4096));
+    expect(await copy.finish()).toBe(3);
+    const loaded = await db.query<{ id: string; length: number; tail: string }>(`SELECT id, length(note) AS length, right(note, 3) AS tail FROM copied ORDER BY id`);
+    expect(loaded).toEqual([
+      { id: 'a1', length: 5, tail: 'rst' },
+      { id: 'a2', length: 12, tail: 'ted' },
+      { id: 'big', length: 6_000_006 + 3, tail: 'end' },
+    ]);
+  });
 });
 
 describe('embedded store host (a sync child reaching PGlite over IPC)', () => {
