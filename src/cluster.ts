@@ -10,7 +10,7 @@
 // prom-client), and /slo/v1 and the dashboard (every worker's SLO counts and
 // lookup latency buckets, summed). A worker asks it, it asks every worker.
 // What a dead worker had counted stays in those sums: its metrics as of the
-// last scrape, its SLO minutes as of its last hand-off (every 5 s).
+// last scrape, its SLO minutes as of its last hand-off (every second).
 import cluster, { type Worker } from 'node:cluster';
 import client, { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { Hono } from 'hono';
@@ -28,8 +28,8 @@ import { Scheduler } from './sync/scheduler.js';
 
 /** A worker that has not reported by then fails the scrape (or /slo/v1), loudly, rather than leave a hole in the sums. */
 const GATHER_TIMEOUT_MS = 5_000;
-/** How often a worker hands its SLO minutes to the primary, which keeps them when the worker dies: at most this much of a dead worker's counts is lost. */
-const SLO_HANDOFF_MS = 5_000;
+/** How often a worker hands its SLO minutes to the primary, which keeps them when the worker dies: about this much of a dead worker's counts is lost. */
+const SLO_HANDOFF_MS = 1_000;
 /** A worker that dies after it was serving is replaced after this pause (so a crash loop does not spin). */
 const RESPAWN_DELAY_MS = 1_000;
 

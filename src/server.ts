@@ -2,7 +2,7 @@
 // With WEB_CONCURRENCY > 1 (servers), main() runs a cluster (src/cluster.ts).
 import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
-import { maxHeaderSize, type Server as HttpServer } from 'node:http';
+import { maxHeaderSize, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { pathToFileURL } from 'node:url';
@@ -185,13 +185,29 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       reject(new ConfigError(`cannot listen on ${config.host}:${config.port} (PORT, HOST): ${error.code ?? error.message}`));
     });
   })) as HttpServer;
-  // Once shutdown begins, every response says `Connection: close`, so a kept-alive client (a poller, a load
-  // balancer's pool) gets the answer it asked for and then reconnects elsewhere: Node's server.close() alone waits
-  // for such a connection as long as it keeps sending requests. Prepended, so it runs before the app answers.
+  // Once shutdown begins, every answer not yet sent says `Connection: close`, so a kept-alive client (a poller, a
+  // load balancer's pool) gets the answer it asked for and then reconnects elsewhere, and a connection whose answer
+  // was already on its way is closed as soon as it is idle: Node's server.close() alone waits for such a connection
+  // as long as it keeps sending requests (and then for its keep-alive timeout). Prepended, so it runs before the app.
   let draining = false;
+  const answering = new Set<ServerResponse>();
+  const closeIdle = () => setImmediate(() => server.closeIdleConnections());
   server.prependListener('request', (_request, response) => {
-    if (draining) response.setHeader('Connection', 'close');
+    if (draining) {
+      response.setHeader('Connection', 'close');
+      return;
+    }
+    answering.add(response);
+    response.once('close', () => answering.delete(response));
   });
+  const drain = () => {
+    draining = true;
+    for (const response of answering) {
+      if (!response.headersSent) response.setHeader('Connection', 'close');
+      else if (response.writableFinished) closeIdle();
+      else response.once('finish', closeIdle);
+    }
+  };
   const port = (server.address() as AddressInfo).port;
   log.info('server.listening', { port, host: config.host, mode: config.embedded ? 'embedded' : 'servers', views: jobs.map((j) => j.view) });
 
@@ -210,7 +226,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       scheduler.stop();
       catalog.stop();
       clearInterval(keyRefresh);
-      draining = true;
+      drain();
       // Requests in progress and runs in progress share the grace period. A connection still open at its end (a
       // request stalled mid-upload, a client that never reads) is closed: the bound holds whatever clients do.
       const grace = new Promise((resolve) => setTimeout(resolve, config.shutdownGraceMs).unref());

@@ -86,7 +86,6 @@ export class RedisHotTier implements HotTier {
       if (keys.length) removed += await this.client.unlink(...keys);
     } while (cursor !== '0');
     // The mark last: a drop cut short leaves it, so the version still reads as used.
-    // The mark last: a drop cut short leaves it, so the version still reads as used.
     if (options.release) await this.client.unlink(hotVersionMark(view, version));
     else await this.client.set(hotVersionMark(view, version), 'dropped', 'EX', markAfterDropSeconds(this.fillTtlSeconds));
     return removed;

@@ -228,7 +228,7 @@ async function runLocked(job: JobDefinition, ctx: SyncContext, trigger: RunTrigg
       log.warn('sync.stale_hot_keys', {
         version,
         keys: stale,
-        message: `the hot tier had version ${version} marked as used, with ${stale} keys left, though Postgres has no record of it (was the database restored to an earlier state?); they were dropped before loading, so none is served as part of the new version`,
+        message: `the hot tier had version ${version} marked as used, with ${stale} keys left, though Postgres has no record of it (was the database restored to an earlier state, or did a run of this job lose its lock?); they were dropped before loading, so none is served as part of the new version`,
       });
     }
     const table = versionTable(job.view, version);
