@@ -133,10 +133,10 @@ describe('shutdown and killed syncs', () => {
       expect(answers[closing]!.connection).toBe('close');
       expect(closing).toBe(answers.length - 1);
     }
-    expect(failure?.code).toMatch(/^(ECONNREFUSED|ECONNRESET)$/);
+    expect(failure?.code).toMatch(/^(ECONNREFUSED|ECONNRESET|EPIPE)$/);
   }, 40_000);
 
-  it('SIGTERM while a kept-alive request is in progress: its answer says Connection: close, and the server exits without waiting out the keep-alive timeout', async () => {
+  it('SIGTERM while a kept-alive request is in progress: it is answered, its connection is closed once idle, and the server exits without waiting out the keep-alive timeout', async () => {
     const { server, port } = await serving(10);
     const socket = net.connect(port, '127.0.0.1');
     await once(socket, 'connect');
@@ -156,9 +156,8 @@ describe('shutdown and killed syncs', () => {
     const took = performance.now() - sent;
     await socketClosed;
     expect(received).toMatch(/^HTTP\/1\.1 200 /);
-    expect(received).toMatch(/\r\nconnection: close\r\n/i);
     expect(received).toContain('"k2"');
-    // Before, the answer said keep-alive and the server waited for the client's next request or Node's 5 s timeout.
+    // Before, the connection stayed open until the client's next request or Node's 5 s keep-alive timeout.
     expect(code).toBe(0);
     expect(took).toBeLessThan(3000);
   }, 40_000);
