@@ -311,11 +311,9 @@ export function clusterWorker(log: Logger): ClusterWorkerHooks {
           waiting.set(id, { resolve: (data) => (clearTimeout(timer), resolve(data as T)), reject: (error) => (clearTimeout(timer), reject(error)) });
           toPrimary({ t: 'fs:machine?', id, what });
         });
-      // The minutes counted since the last hand-off (that minute again, now complete), so the primary can keep them.
-      let handedFrom = Math.floor(Date.now() / 60_000);
+      // What this worker counted, so the primary keeps it if the worker dies.
       setInterval(() => {
-        const minutes = slo.minutesFrom(handedFrom);
-        handedFrom = Math.floor(Date.now() / 60_000);
+        const minutes = slo.handOff();
         if (minutes.length) toPrimary({ t: 'fs:slo', minutes });
       }, SLO_HANDOFF_MS).unref();
       metrics.exposition = () => machine<string>('metrics');

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import type { SloConfig } from '../observability/slo.js';
+import { DEFAULT_FILL_TTL_SECONDS } from '../stores/hot-tier.js';
 
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -102,7 +103,7 @@ const envSchema = z.object({
   RATE_LIMIT_PER_SECOND: decimalNumber.pipe(z.number().positive()).default(1000),
   RATE_LIMIT_BURST: positiveInt().default(2000),
   AUTH_MODE: z.enum(['keys', 'open'], { error: () => 'expected keys or open' }).optional(),
-  REDIS_FILL_TTL_SECONDS: positiveInt().default(86_400),
+  REDIS_FILL_TTL_SECONDS: positiveInt().default(DEFAULT_FILL_TTL_SECONDS),
   PROCESS_CACHE_ENTRIES: wholeNumber.pipe(z.number().int().min(0).max(50_000_000)).default(0),
   REDIS_RETRY_AFTER_MS: positiveInt().default(1000),
   SLO_LATENCY_THRESHOLD_MS: decimalNumber.pipe(z.number().positive()).default(10),

@@ -135,6 +135,19 @@ export class SloTracker {
     return out;
   }
 
+  /** The minute the last hand-off began at (see handOff). */
+  private handedFrom = -Infinity;
+
+  /**
+   * A cluster worker's hand-off to its primary: the minutes counted since the last hand-off, that minute again (now
+   * complete) included, for the primary to `absorb` with `replace`.
+   */
+  handOff(): MinuteCounts[] {
+    const minutes = this.minutesFrom(this.handedFrom);
+    this.handedFrom = Math.floor(this.now() / MINUTE_MS);
+    return minutes;
+  }
+
   /**
    * Takes in another process's minutes: `replace` sets them (a worker's latest counts of minutes it handed over
    * before), `add` adds them (a dead worker's counts joining the ones kept). Minutes older than the ring are dropped.

@@ -58,4 +58,3 @@ export async function forEachBatch(db: Database, sql: string, batchRows: number,
     }
   });
 }
-

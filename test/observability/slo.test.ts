@@ -86,17 +86,13 @@ describe('SLO tracker', () => {
     const worker = new SloTracker(config, clock);
     const mirror = new SloTracker(config, clock);
     const retired = new SloTracker(config, clock);
-    // Hand-offs every 5 s of the minutes since the previous one, the way src/cluster.ts does.
-    let handedFrom = Math.floor(now / 60_000);
+    // Hand-offs every 5 s, as src/cluster.ts makes them (every second).
     for (let i = 0; i < 400; i++) {
       now += 1000;
       const [duration, failed] = [i % 40 === 0 ? 40 : 3, i % 97 === 0];
       one.record(duration, failed);
       worker.record(duration, failed);
-      if (i % 5 === 4) {
-        mirror.absorb(worker.minutesFrom(handedFrom), 'replace');
-        handedFrom = Math.floor(now / 60_000);
-      }
+      if (i % 5 === 4) mirror.absorb(worker.handOff(), 'replace');
     }
     // Minutes handed over twice (a minute still counting at a hand-off) were replaced, not added twice.
     expect(mirror.report().objectives).toEqual(one.report().objectives);
